@@ -1,0 +1,39 @@
+# Frontend base image: Python and the locked frontend dependencies (Streamlit, requests,
+# google-auth). No torch: the page only talks to the backend over HTTP.
+# The code image (docker/frontend.Dockerfile) adds only the application on top of it.
+#
+# Layers run from the slowest-changing to the fastest-changing: the venv (changes with the
+# Python image), then the dependencies (change when uv.lock changes), then the user.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Our own venv rather than the image's interpreter: it works the same on python:3.11-slim and on
+# Debian's python3 (which refuses pip outside a venv).
+RUN python3 -m venv "${VIRTUAL_ENV}"
+
+WORKDIR /app
+
+# The optional `hostca` secret is a CA bundle for a TLS-intercepting proxy (local builds only;
+# Cloud Build passes none). As a secret it is mounted for one RUN and never stored in a layer.
+COPY docker/requirements-frontend.txt /tmp/requirements-frontend.txt
+RUN --mount=type=secret,id=hostca \
+    if [ -f /run/secrets/hostca ]; then export PIP_CERT=/run/secrets/hostca; fi; \
+    pip install -r /tmp/requirements-frontend.txt \
+    && pip check
+
+# Streamlit runs headless and sends no usage statistics: the service makes no call it does not need.
+ENV PYTHONPATH=/app \
+    STREAMLIT_SERVER_HEADLESS=true \
+    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
+
+# A non-root user, named by number so the platform can tell it is not root without reading
+# /etc/passwd; it gets a home because Streamlit keeps its state under ~/.streamlit.
+RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin app
+USER 10001:10001
