@@ -1,0 +1,1 @@
+"""Flask backend: classify an image (URL or upload) with baked torchvision models."""

@@ -1,0 +1,261 @@
+"""The model catalog: which models exist, where their weights come from, how to preprocess.
+
+The catalog is data (`catalog.toml`); this module validates it against torchvision's own
+registry (`get_model_builder`, `get_weight`) so a typo fails at once with a clear message,
+and resolves a user's selection (`v1`, `v2`, or a comma-separated list of ids).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import torch
+from torchvision.models import get_model_builder, get_model_weights, get_weight
+from torchvision.transforms import v2 as T
+
+DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
+CATALOG_ENV = "WEIGHTS_CATALOG"
+
+# torchvision names its files "<stem>-<first hex digits of sha256>.<ext>" (torch.hub's HASH_REGEX).
+_HASH_PREFIX = re.compile(r"-([a-f0-9]{6,64})\.")
+_INTERPOLATIONS = {
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "nearest": T.InterpolationMode.NEAREST,
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CatalogError(ValueError):
+    """The catalog file, or a selection from it, is wrong; the message says how."""
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A weights file on the Hugging Face Hub, pinned to one commit."""
+
+    repo: str
+    file: str
+    revision: str
+    sha256: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Preprocessing that differs from the weights' own `transforms()`."""
+
+    resize: int
+    crop: int
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One servable model: a torchvision architecture and the exact weights for it."""
+
+    id: str
+    architecture: str
+    weights: str
+    url: str | None = None  # overrides the weights' own URL (tests, private mirrors)
+    hub: HubSource | None = None
+    preprocessing: Preprocessing | None = None
+
+    @cached_property
+    def weights_enum(self):
+        """The torchvision `WeightsEnum` member: labels, metadata, transforms."""
+        return get_weight(self.weights)
+
+    @property
+    def source_url(self) -> str:
+        """Where the file is downloaded from when it does not come from the Hub."""
+        return self.url or self.weights_enum.url
+
+    @property
+    def file_name(self) -> str:
+        """The file's name in a weights directory."""
+        if self.hub:
+            repo = self.hub.repo.replace("/", "--")
+            return f"{repo}--{self.hub.revision[:8]}--{Path(self.hub.file).name}"
+        return Path(urlsplit(self.source_url).path).name
+
+    @property
+    def hash_prefix(self) -> str | None:
+        """The sha256 prefix torchvision embeds in its file names, if any."""
+        match = _HASH_PREFIX.search(self.file_name)
+        return match.group(1) if match else None
+
+    @property
+    def file_format(self) -> str:
+        return "safetensors" if self.file_name.endswith(".safetensors") else "pickle"
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.weights_enum.meta["categories"])
+
+    def transforms(self):
+        """The preprocessing pipeline: the catalog's override, else the weights' own."""
+        if self.preprocessing is None:
+            return self.weights_enum.transforms()
+        p = self.preprocessing
+        return T.Compose(
+            [
+                T.Resize(p.resize, interpolation=_INTERPOLATIONS[p.interpolation], antialias=True),
+                T.CenterCrop(p.crop),
+                T.PILToTensor(),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(mean=list(p.mean), std=list(p.std)),
+            ]
+        )
+
+    @property
+    def input_size(self) -> int:
+        if self.preprocessing is not None:
+            return self.preprocessing.crop
+        return int(self.weights_enum.transforms().crop_size[0])
+
+    def metadata(self) -> dict[str, Any]:
+        """Facts for users, from torchvision's weights metadata (never retyped)."""
+        meta = self.weights_enum.meta
+        return {
+            "id": self.id,
+            "architecture": self.architecture,
+            "weights": self.weights,
+            "source": self.source_description,
+            "parameters": meta["num_params"],
+            "imagenet_acc1": meta["_metrics"]["ImageNet-1K"]["acc@1"],
+            "imagenet_acc5": meta["_metrics"]["ImageNet-1K"]["acc@5"],
+            "file_size_mb": round(self.hub.size / 1e6, 3)
+            if self.hub and self.hub.size
+            else meta.get("_file_size"),
+            "input_size": self.input_size,
+            "num_classes": len(meta["categories"]),
+        }
+
+    @property
+    def source_description(self) -> str:
+        if self.hub:
+            return f"hf://{self.hub.repo}@{self.hub.revision}/{self.hub.file}"
+        return self.source_url
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, model_id: str, data: dict[str, Any]) -> ModelEntry:
+        data = {k: v for k, v in data.items() if k != "id"}
+        unknown = set(data) - {"architecture", "weights", "url", "hub", "preprocessing"}
+        if unknown:
+            raise CatalogError(f"model {model_id!r}: unknown keys {sorted(unknown)}")
+        try:
+            hub = HubSource(**data.pop("hub")) if "hub" in data else None
+            prep = data.pop("preprocessing", None)
+            if prep is not None:
+                prep = Preprocessing(
+                    **{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()}
+                )
+            return cls(id=model_id, hub=hub, preprocessing=prep, **data)
+        except TypeError as exc:
+            raise CatalogError(f"model {model_id!r}: {exc}") from exc
+
+    def validate(self) -> None:
+        """Check the entry against torchvision's registry; raise CatalogError if wrong."""
+        where = f"model {self.id!r}"
+        if self.weights.split(".")[-1] == "DEFAULT":
+            raise CatalogError(f"{where}: name the weights exactly, not DEFAULT ({self.weights})")
+        try:
+            get_model_builder(self.architecture)
+        except ValueError as exc:
+            raise CatalogError(f"{where}: unknown torchvision architecture") from exc
+        try:
+            weights = self.weights_enum
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise CatalogError(f"{where}: unknown torchvision weights {self.weights!r}") from exc
+        if type(weights) is not get_model_weights(self.architecture):
+            raise CatalogError(f"{where}: {self.weights} are not weights for {self.architecture}")
+        if self.preprocessing and self.preprocessing.interpolation not in _INTERPOLATIONS:
+            raise CatalogError(f"{where}: interpolation must be one of {sorted(_INTERPOLATIONS)}")
+        if self.hub is None and self.hash_prefix is None:
+            raise CatalogError(f"{where}: the file name {self.file_name!r} has no hash prefix")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """All models, named sets of them, and the default model."""
+
+    models: dict[str, ModelEntry]
+    sets: dict[str, list[str]] = field(default_factory=dict)
+    default: str = "resnet152"
+    path: Path | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.models)
+
+    def entry(self, model_id: str) -> ModelEntry:
+        try:
+            return self.models[model_id]
+        except KeyError:
+            raise CatalogError(self._unknown(model_id)) from None
+
+    def _unknown(self, name: str) -> str:
+        return (
+            f"unknown model {name!r}; valid ids: {', '.join(self.models)}; "
+            f"sets: {', '.join(self.sets)}"
+        )
+
+    def select(self, selection: str | list[str]) -> list[str]:
+        """Resolve 'v2', 'resnet18,vgg16' or a list of ids/sets to ids, in order, no repeats."""
+        names = selection.split(",") if isinstance(selection, str) else list(selection)
+        names = [n.strip() for n in names if n.strip()]
+        if not names:
+            raise CatalogError(f"no model selected; {self._unknown('')[len('unknown model ') :]}")
+        ids: list[str] = []
+        for name in names:
+            if name in self.sets:
+                ids.extend(self.sets[name])
+            elif name in self.models:
+                ids.append(name)
+            else:
+                raise CatalogError(self._unknown(name))
+        return list(dict.fromkeys(ids))
+
+    def validate(self) -> None:
+        for entry in self.models.values():
+            entry.validate()
+        for name, ids in self.sets.items():
+            missing = [i for i in ids if i not in self.models]
+            if missing:
+                raise CatalogError(f"set {name!r} names unknown models {missing}")
+        if self.default not in self.models:
+            raise CatalogError(f"default model {self.default!r} is not in the catalog")
+
+
+def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
+    """Read and validate a catalog: `path`, else $WEIGHTS_CATALOG, else the built-in one."""
+    path = Path(path or os.environ.get(CATALOG_ENV) or DEFAULT_CATALOG)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise CatalogError(f"catalog file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"catalog {path} is not valid TOML: {exc}") from exc
+    models = {mid: ModelEntry.from_dict(mid, spec) for mid, spec in data.get("models", {}).items()}
+    catalog = Catalog(
+        models=models,
+        sets={k: list(v) for k, v in data.get("sets", {}).items()},
+        default=data.get("default", next(iter(models), "")),
+        path=path,
+    )
+    catalog.validate()
+    return catalog

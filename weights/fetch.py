@@ -1,0 +1,225 @@
+"""Build-time download of weights files into a directory, with a lock of their digests.
+
+Runs inside `docker build` (and nowhere at serving time). torchvision files are downloaded
+with requests rather than `torch.hub.download_url_to_file` because the latter has no
+timeout (a stalled server would hang the build forever) and we want the full sha256 for
+the lock computed in the same pass. Hub files go through huggingface_hub's own download
+code; we then check their sha256 against the pinned one.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+from tqdm import tqdm
+
+from weights.catalog import Catalog, ModelEntry
+from weights.lock import LockedFile, read_lock, sha256_of, write_lock
+
+MIRROR_ENV = "WEIGHTS_MIRROR"
+HUB_ENDPOINT_ENV = "HF_ENDPOINT"
+CONNECT_TIMEOUT_S = 15
+READ_TIMEOUT_S = 60  # between two chunks; a whole large file may take minutes
+_CHUNK = 1 << 20
+
+
+class FetchError(RuntimeError):
+    """A download failed; the message names the file, the URL and what to do."""
+
+
+def fetch(
+    ids: Iterable[str],
+    dest: Path,
+    *,
+    catalog: Catalog,
+    mirror: str | None = None,
+    hub_endpoint: str | None = None,
+    progress: bool = True,
+) -> list[LockedFile]:
+    """Download (or verify and skip) each model's file into `dest`; update the lock."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    records = read_lock(dest)
+    fetched = []
+    for model_id in ids:
+        entry = catalog.entry(model_id)
+        record = _present(entry, dest, records.get(model_id))
+        if record is None:
+            if entry.hub:
+                record = _fetch_hub(entry, dest, hub_endpoint, progress)
+            else:
+                record = _fetch_url(entry, dest, mirror, progress)
+        records[model_id] = record
+        write_lock(dest, records)  # after each file: an interrupted build keeps what it got
+        fetched.append(record)
+    return fetched
+
+
+def _present(entry: ModelEntry, dest: Path, old: LockedFile | None) -> LockedFile | None:
+    """A record for the file if it is already there and correct, else None."""
+    path = dest / entry.file_name
+    if not path.is_file():
+        return None
+    digest = sha256_of(path)
+    if old is not None and old.file == entry.file_name and not old.untrained:
+        if old.sha256 == digest:
+            print(f"{entry.id}: {path.name} present, sha256 verified; skipping", flush=True)
+            return old
+        return None
+    if _digest_ok(entry, digest):
+        print(f"{entry.id}: {path.name} present and matches; skipping", flush=True)
+        return _record(entry, path, digest, entry.source_description)
+    return None
+
+
+def _digest_ok(entry: ModelEntry, digest: str) -> bool:
+    if entry.hub:
+        return digest == entry.hub.sha256
+    return digest.startswith(entry.hash_prefix or "")
+
+
+def _record(entry: ModelEntry, path: Path, digest: str, source: str) -> LockedFile:
+    return LockedFile(
+        id=entry.id,
+        file=path.name,
+        sha256=digest,
+        size=path.stat().st_size,
+        source=source,
+        entry=entry.to_dict(),
+    )
+
+
+def download_url(entry: ModelEntry, mirror: str | None) -> str:
+    """The URL to download from: the entry's own, or the same file name under a mirror."""
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV, "")
+    if not mirror:
+        return entry.source_url
+    return f"{mirror.rstrip('/')}/{entry.file_name}"
+
+
+def _fetch_url(entry: ModelEntry, dest: Path, mirror: str | None, progress: bool) -> LockedFile:
+    url = download_url(entry, mirror)
+    target = dest / entry.file_name
+    host = urlsplit(url).netloc
+    print(f"{entry.id}: downloading {url}", flush=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{entry.file_name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    try:
+        with (
+            os.fdopen(fd, "wb") as out,
+            requests.get(url, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)) as resp,
+        ):
+            if resp.status_code != 200:
+                raise FetchError(
+                    f"{entry.id}: {url} answered HTTP {resp.status_code}; "
+                    "check the URL (or WEIGHTS_MIRROR) and try again"
+                )
+            total = int(resp.headers.get("Content-Length", 0)) or None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=entry.file_name, disable=not progress
+            ) as bar:
+                for chunk in resp.iter_content(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+            if total is not None and out.tell() != total:
+                raise FetchError(
+                    f"{entry.id}: {url} ended after {out.tell()} of {total} bytes; try again"
+                )
+    except requests.RequestException as exc:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(
+            f"{entry.id}: could not download {url} ({type(exc).__name__}: {exc}). "
+            f"Fetching weights needs network access to {host} at build time "
+            f"(or set {MIRROR_ENV} to a reachable mirror)."
+        ) from exc
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _disk_error(exc, entry, dest) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    hexdigest = digest.hexdigest()
+    if not _digest_ok(entry, hexdigest):
+        tmp.unlink(missing_ok=True)
+        raise FetchError(
+            f"{entry.id}: sha256 mismatch for {url}: expected prefix {entry.hash_prefix}, "
+            f"got {hexdigest}. The partial file was removed; the download was corrupted or the "
+            "mirror serves a different file."
+        )
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+    return _record(entry, target, hexdigest, url)
+
+
+def _fetch_hub(entry: ModelEntry, dest: Path, endpoint: str | None, progress: bool) -> LockedFile:
+    # Imported here: huggingface_hub reads HF_* variables at import time, and the
+    # serving process must never import it with network settings.
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    assert entry.hub is not None
+    hub = entry.hub
+    if constants.HF_HUB_OFFLINE:
+        raise FetchError(
+            f"{entry.id}: HF_HUB_OFFLINE is set in this process, so the Hub cannot be reached; "
+            "unset it for the fetch step (serving images set it after fetching)"
+        )
+    endpoint = endpoint or os.environ.get(HUB_ENDPOINT_ENV) or None
+    where = f"{endpoint or 'the Hugging Face Hub'}: {hub.repo}@{hub.revision}/{hub.file}"
+    print(f"{entry.id}: downloading {where}", flush=True)
+    staging = Path(tempfile.mkdtemp(dir=dest, prefix=f".{entry.id}.hub."))
+    (disable_progress_bars if not progress else enable_progress_bars)()
+    try:
+        downloaded = Path(
+            hf_hub_download(
+                hub.repo,
+                hub.file,
+                revision=hub.revision,
+                endpoint=endpoint,
+                local_dir=staging,
+            )
+        )
+        digest = sha256_of(downloaded)
+        if digest != hub.sha256:
+            raise FetchError(
+                f"{entry.id}: sha256 mismatch for {where}: expected {hub.sha256}, got {digest}. "
+                "The file was removed."
+            )
+        target = dest / entry.file_name
+        os.chmod(downloaded, 0o644)
+        os.replace(downloaded, target)
+        return _record(
+            entry, target, digest, f"{endpoint or 'hf'}://{hub.repo}@{hub.revision}/{hub.file}"
+        )
+    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+        raise FetchError(
+            f"{entry.id}: could not download {where} ({type(exc).__name__}: {exc}). "
+            f"Fetching weights needs network access to the Hub at build time "
+            f"(or set {HUB_ENDPOINT_ENV} to a reachable endpoint)."
+        ) from exc
+    except OSError as exc:
+        raise _disk_error(exc, entry, dest) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _disk_error(exc: OSError, entry: ModelEntry, dest: Path) -> Exception:
+    if exc.errno == errno.ENOSPC:
+        size = entry.weights_enum.meta.get("_file_size")
+        need = f" (the file is about {size:.0f} MB)" if size else ""
+        return FetchError(
+            f"{entry.id}: no space left on the device holding {dest}{need}. "
+            "Free some space or give the build a larger disk (Cloud Build: options.diskSizeGb)."
+        )
+    return FetchError(f"{entry.id}: could not write into {dest}: {exc}")

@@ -1,0 +1,74 @@
+"""The lock file: what a weights directory holds, with each file's full sha256 and size.
+
+`python -m weights fetch` writes it next to the files; the backend trusts nothing else.
+Each record also keeps the catalog entry the file was fetched for, so a baked directory
+describes itself even if the code's catalog later changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from weights.catalog import ModelEntry
+
+LOCK_NAME = "weights.lock"
+LOCK_FORMAT = 1
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    """One baked weights file."""
+
+    id: str
+    file: str
+    sha256: str
+    size: int
+    source: str
+    entry: dict[str, Any]
+    untrained: bool = False  # generated demo weights, never served unless allowed
+
+    def model_entry(self) -> ModelEntry:
+        return ModelEntry.from_dict(self.id, dict(self.entry))
+
+
+def sha256_of(path: Path) -> str:
+    """The file's full sha256, hex."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_lock(directory: Path) -> dict[str, LockedFile]:
+    """The records of `directory`'s lock file, by model id; {} if there is none."""
+    path = Path(directory) / LOCK_NAME
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("format") != LOCK_FORMAT:
+        raise ValueError(f"{path}: unsupported lock format {data.get('format')!r}")
+    return {mid: LockedFile(id=mid, **rec) for mid, rec in data["models"].items()}
+
+
+def write_lock(directory: Path, records: dict[str, LockedFile]) -> Path:
+    """Write the lock atomically, so an interrupted build never leaves half a lock."""
+    directory = Path(directory)
+    body = {
+        "format": LOCK_FORMAT,
+        "models": {
+            mid: {k: v for k, v in asdict(rec).items() if k != "id"}
+            for mid, rec in sorted(records.items())
+        },
+    }
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".weights.lock.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f, indent=2)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, directory / LOCK_NAME)
+    return directory / LOCK_NAME
