@@ -12,6 +12,7 @@ from pathlib import Path
 import huggingface_hub.constants  # noqa: F401  # read before any test sets HF_HUB_OFFLINE (see below)
 import pytest
 
+from tests.backend_process import BackendProcess, start_backend
 from tests.origin import OriginServer, WeightsOrigin, make_origin
 from weights.fetch import fetch
 
@@ -29,3 +30,25 @@ def baked_dir(weights_origin: WeightsOrigin, tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("baked")
     fetch(["resnet18", "mobilenet_v3_large"], dest, catalog=weights_origin.catalog, progress=False)
     return dest
+
+
+@pytest.fixture(scope="session")
+def backend_server(baked_dir: Path, weights_origin: WeightsOrigin, tmp_path_factory):
+    """A real gunicorn backend serving resnet18 and mobilenet_v3_large, ready.
+
+    Image URLs on 127.0.0.1 (any port) are allowed, as for local development.
+    """
+    log = tmp_path_factory.mktemp("backend") / "backend.log"
+    backend: BackendProcess = start_backend(
+        baked_dir,
+        log,
+        MODELS="resnet18,mobilenet_v3_large",
+        WEIGHTS_CATALOG=str(weights_origin.catalog_path),
+        URL_ALLOW_LOOPBACK="1",
+        URL_ALLOWED_PORTS="any",
+    )
+    try:
+        backend.wait_ready()
+        yield backend
+    finally:
+        backend.stop()

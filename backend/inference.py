@@ -1,0 +1,91 @@
+"""Pure inference: preprocess -> forward -> postprocess, with per-stage timings.
+
+No Flask here: `predict` takes a decoded RGB image and a served model and returns plain
+data. The forward pass waits on a semaphore so that concurrent requests don't run more
+forward passes at once than the cores can carry (each already uses `torch_threads`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from weights.store import LoadedModel
+
+
+@dataclass
+class ServedModel:
+    """A loaded model with what a request needs: labels, preprocessing, a forward gate."""
+
+    loaded: LoadedModel
+    gate: threading.BoundedSemaphore
+    categories: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.categories = self.loaded.entry.categories
+        self.transforms = self.loaded.entry.transforms()
+
+    @property
+    def id(self) -> str:
+        return self.loaded.entry.id
+
+    @property
+    def input_size(self) -> int:
+        return self.loaded.entry.input_size
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    top: list[dict]
+    timings_ms: dict[str, float]
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "category": self.top[0]["label"],
+            "predictions": self.top,
+            "timings_ms": self.timings_ms,
+        }
+
+
+def predict(image: Image.Image, served: ServedModel, top_k: int) -> Prediction:
+    """The top-k ImageNet classes of `image` under `served`, best first."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    batch = served.transforms(image).unsqueeze(0)
+    timings["preprocess"] = _ms(start)
+
+    start = time.perf_counter()
+    with served.gate:
+        timings["queue"] = _ms(start)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = served.loaded.module(batch)
+        timings["forward"] = _ms(start)
+
+    start = time.perf_counter()
+    probabilities = torch.softmax(logits[0].float(), dim=0)
+    values, indices = torch.topk(probabilities, k=min(top_k, probabilities.numel()))
+    top = [
+        {"label": served.categories[i], "index": i, "probability": round(float(p), 6)}
+        for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+    ]
+    timings["postprocess"] = _ms(start)
+    return Prediction(model=served.id, top=top, timings_ms=timings)
+
+
+def warm_up(served: ServedModel) -> float:
+    """Run one forward pass on a blank image (allocates buffers, picks kernels); ms taken."""
+    start = time.perf_counter()
+    size = served.input_size
+    predict(Image.new("RGB", (size, size), (128, 128, 128)), served, top_k=1)
+    return _ms(start)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)

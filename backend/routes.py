@@ -1,0 +1,94 @@
+"""Routes of the HTTP contract: parse input, call inference, serialise output. No state."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from backend.errors import NotReady
+from backend.imaging import decode_image
+from backend.inference import predict
+from backend.intake import parse_predict_request
+from backend.registry import ModelRegistry
+from backend.urlfetch import fetch_url
+
+api = Blueprint("api", __name__)
+
+
+def _registry() -> ModelRegistry:
+    return current_app.extensions["registry"]
+
+
+@api.get("/healthz")
+def healthz():
+    """Liveness: the process serves HTTP. No inference, no outbound call."""
+    return jsonify({"status": "ok"})
+
+
+@api.get("/readyz")
+def readyz():
+    registry = _registry()
+    if not registry.ready:
+        raise NotReady(registry.status_message())
+    return jsonify({"status": "ready", "models": registry.ordered_ids()})
+
+
+@api.get("/hello")
+def hello():
+    return jsonify("Hello!")
+
+
+@api.get("/models")
+def models():
+    return jsonify(_registry().ordered_ids())
+
+
+@api.get("/models/<model_id>")
+def model_metadata(model_id: str):
+    return jsonify(_registry().describe(model_id))
+
+
+@api.post("/predict")
+def predict_default():
+    return _predict(path_model=None)
+
+
+@api.post("/model/<model_id>/predict")
+def predict_by_path(model_id: str):
+    """The v3 gateway shape: the model comes from the path."""
+    return _predict(path_model=model_id)
+
+
+def _predict(path_model: str | None):
+    settings = current_app.extensions["settings"]
+    parsed = parse_predict_request(request, max_top_k=settings.max_top_k)
+    served = _registry().get(path_model or parsed.model)  # 404 / 503 before any download
+    g.model = served.id
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if parsed.url is not None:
+        data = fetch_url(parsed.url, current_app.extensions["fetch_policy"]).data
+        timings["fetch"] = _ms(start)
+    else:
+        data = parsed.image
+        timings["read"] = _ms(start)
+
+    start = time.perf_counter()
+    image = decode_image(data, current_app.extensions["image_policy"])
+    timings["decode"] = _ms(start)
+
+    result = predict(image, served, parsed.top_k)
+    timings.update(result.timings_ms)
+    timings["total"] = round(sum(timings.values()), 2)
+    g.timings_ms = timings
+    body = result.to_json()
+    body["timings_ms"] = timings
+    if served.loaded.record.untrained:
+        body["untrained"] = True  # demo weights: the frontend labels the answer as such
+    return jsonify(body)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)

@@ -1,0 +1,140 @@
+"""The backend's one settings object, read from the environment and validated at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """An environment variable is missing or wrong; the message names it."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, bounded by a cgroup v2 quota if any."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the backend can be told; `from_env` reads it, `validate` checks it."""
+
+    weights_dir: Path = Path("/opt/weights")
+    models: str = "v1"  # a set (v1, v2) or comma-separated ids
+    default_model: str | None = None  # None: the catalog's default if served, else the first
+    catalog_path: Path | None = None  # None: $WEIGHTS_CATALOG or the built-in catalog
+    allow_untrained: bool = False  # only the local run command serves demo weights
+    background_load: bool = False  # load after the server is up; /readyz tells when done
+    exit_on_load_failure: bool = False  # under gunicorn: a failed load stops the server
+    torch_threads: int = field(default_factory=available_cpus)
+    inference_concurrency: int = 1  # forward passes at once; more oversubscribes the cores
+    max_request_bytes: int = 10 * 1024 * 1024
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 36_000_000
+    url_allowed_ports: frozenset[int] = frozenset({80, 443})
+    url_allow_loopback: bool = False  # tests and local development only
+    url_connect_timeout_s: float = 3.0
+    url_total_timeout_s: float = 10.0
+    max_top_k: int = 20
+    log_level: str = "INFO"
+    google_cloud_project: str | None = None  # for Cloud Logging's trace field
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        settings = cls(
+            weights_dir=Path(reader.text("WEIGHTS_DIR", str(cls.weights_dir))),
+            models=reader.text("MODELS", cls.models),
+            default_model=reader.text("DEFAULT_MODEL", "") or None,
+            catalog_path=Path(p) if (p := reader.text("WEIGHTS_CATALOG", "")) else None,
+            allow_untrained=reader.flag("ALLOW_UNTRAINED_WEIGHTS", False),
+            background_load=reader.flag("BACKGROUND_LOAD", False),
+            exit_on_load_failure=reader.flag("EXIT_ON_LOAD_FAILURE", False),
+            torch_threads=reader.integer("TORCH_THREADS", available_cpus(), minimum=1),
+            inference_concurrency=reader.integer("INFERENCE_CONCURRENCY", 1, minimum=1),
+            max_request_bytes=reader.integer("MAX_REQUEST_MB", 10, minimum=1) * 1024 * 1024,
+            max_image_bytes=reader.integer("MAX_IMAGE_MB", 10, minimum=1) * 1024 * 1024,
+            max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", 36_000_000, minimum=1),
+            url_allowed_ports=frozenset(reader.integers("URL_ALLOWED_PORTS", [80, 443])),
+            url_allow_loopback=reader.flag("URL_ALLOW_LOOPBACK", False),
+            url_connect_timeout_s=reader.number("URL_CONNECT_TIMEOUT_S", 3.0),
+            url_total_timeout_s=reader.number("URL_TOTAL_TIMEOUT_S", 10.0),
+            log_level=reader.text("LOG_LEVEL", "INFO").upper(),
+            google_cloud_project=reader.text("GOOGLE_CLOUD_PROJECT", "") or None,
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.models.strip():
+            raise SettingsError("MODELS is empty: set it to v1, v2 or comma-separated model ids")
+        if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise SettingsError(f"LOG_LEVEL={self.log_level!r} is not a logging level")
+        if not self.url_allowed_ports or not all(0 < p < 65536 for p in self.url_allowed_ports):
+            raise SettingsError("URL_ALLOWED_PORTS must be a comma-separated list of TCP ports")
+
+
+class _Reader:
+    """Typed access to environment variables, with errors that name the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self.env.get(name, default).strip()
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        value = raw.strip().lower()
+        if value in {"1", "true", "yes", "on"}:
+            return True
+        if value in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{name}={raw!r} is not a boolean: use 1/0, true/false")
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        if value < minimum:
+            raise SettingsError(f"{name}={value} must be at least {minimum}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if value <= 0:
+            raise SettingsError(f"{name}={value} must be positive")
+        return value
+
+    def integers(self, name: str, default: list[int]) -> list[int]:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        if raw == "any":  # local development against servers on arbitrary ports
+            return list(range(1, 65536))
+        try:
+            return [int(part) for part in raw.split(",") if part.strip()]
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} must be comma-separated integers") from None

@@ -1,0 +1,75 @@
+"""Run the real backend (gunicorn with the production config) as a process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class BackendProcess:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        """Seconds until /readyz answered 200; raises with the log if it never does."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"backend exited {self.process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - start
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"backend not ready after {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_backend(weights_dir: Path, log_path: Path, **env: str) -> BackendProcess:
+    """Start gunicorn as Cloud Run would, with test-friendly overrides in `env`."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "PORT": str(port),
+        "WEIGHTS_DIR": str(weights_dir),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "python:backend.gunicorn_conf"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    return BackendProcess(process, f"http://127.0.0.1:{port}", log_path)
