@@ -97,7 +97,7 @@ HEADER
   done
 
   if [[ "${DRY_RUN}" == true ]]; then
-    echo "[dry-run] would write ${output}:"
+    echo "(dry run: nothing written) ${output} would be:"
     printf '%s\n' "${content}"
     return 0
   fi

@@ -1,0 +1,352 @@
+"""Static checks of the images and builds: schemas, linters, and the promises between files.
+
+Nothing here builds an image or calls Google Cloud: it reads the Dockerfiles, the Cloud Build
+files and the scripts, and checks what each promises the others (build arguments, tags,
+ports, ignore lists), plus that the generated files are current.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+DEPLOYMENT = ROOT / "deployment"
+BIN = Path(sys.executable).parent  # the venv's tools: check-jsonschema, hadolint, shellcheck
+
+sys.path.insert(0, str(DOCKER))
+sys.path.insert(0, str(DEPLOYMENT))
+import export_requirements  # noqa: E402
+import render_cloudbuild  # noqa: E402
+
+IMAGES = ["backend_v1", "backend_v2", "frontend_v1", "frontend_v2"]
+CLOUDBUILD_FILES = [DEPLOYMENT / f"cloudbuild_{image}.yaml" for image in IMAGES]
+DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
+SHELL_SCRIPTS = sorted(
+    [*DEPLOYMENT.glob("*.sh"), *DEPLOYMENT.glob("lib/*.sh"), DEPLOYMENT / "config.env"]
+)
+# Build arguments Docker itself understands, which no Dockerfile declares.
+BUILDER_ARGS = {"BUILDKIT_INLINE_CACHE"}
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    assert path.exists(), f"{name} is not installed in the venv (uv sync)"
+    return str(path)
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def steps_by_id(build: dict) -> dict[str, dict]:
+    return {step["id"]: step for step in build["steps"]}
+
+
+def declared_args(dockerfile: Path) -> set[str]:
+    return set(re.findall(r"^ARG\s+(\w+)", dockerfile.read_text(), flags=re.MULTILINE))
+
+
+def build_args_in(text: str) -> set[str]:
+    """Give the names of the --build-arg flags in a step's args or script."""
+    return set(re.findall(r"--build-arg[= ]\"?(\w+)", text)) - BUILDER_ARGS
+
+
+def step_text(step: dict) -> str:
+    return step.get("script") or " ".join(step.get("args", []))
+
+
+def component_of(path: Path) -> str:
+    return path.stem.removeprefix("cloudbuild_").split("_")[0]
+
+
+# --- generated files -------------------------------------------------------------------------
+
+
+def test_cloudbuild_files_are_rendered_from_the_current_template():
+    for component in render_cloudbuild.COMPONENTS:
+        path = render_cloudbuild.output_path(component)
+        assert path.read_text() == render_cloudbuild.render(component), (
+            f"{path.name} is stale: run `uv run python deployment/render_cloudbuild.py`"
+        )
+    assert {render_cloudbuild.output_path(c) for c in render_cloudbuild.COMPONENTS} == set(
+        CLOUDBUILD_FILES
+    )
+
+
+def test_requirement_files_match_uv_lock():
+    for path, content in export_requirements.render().items():
+        assert path.read_text() == content, (
+            f"{path.name} is stale: run `uv run python docker/export_requirements.py`"
+        )
+
+
+def test_backend_requirements_leave_torch_and_the_gpu_runtime_to_the_torch_layer():
+    names = {
+        line.split("==")[0]
+        for line in (DOCKER / "requirements-backend.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert not names & {"torch", "torchvision", "triton"}
+    assert not [n for n in names if n.startswith(("nvidia-", "cuda-"))]
+    # torch's own dependencies come from the lock, since the CPU wheels install with --no-deps.
+    assert {"sympy", "networkx", "filelock", "fsspec", "jinja2", "numpy", "pillow"} <= names
+    torch = (DOCKER / "requirements-torch.txt").read_text()
+    assert "torch==2.13.0" in torch
+    assert "torchvision==0.28.0" in torch
+
+
+def test_the_template_renderer_rejects_an_unknown_placeholder():
+    with pytest.raises(ValueError, match="no_such"):
+        render_cloudbuild.render(render_cloudbuild.COMPONENTS[0], "x: {{no_such}}\n")
+
+
+# --- linters ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
+def test_cloudbuild_file_matches_the_cloud_build_schema(path):
+    result = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.cloudbuild", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(path):
+    result = subprocess.run([tool("hadolint"), str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", SHELL_SCRIPTS, ids=lambda p: str(p.relative_to(DEPLOYMENT)))
+def test_script_passes_shellcheck(path):
+    result = subprocess.run(
+        [tool("shellcheck"), "--external-sources", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=path.parent,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
+def test_cloudbuild_step_scripts_pass_shellcheck(path, tmp_path):
+    for step in load(path)["steps"]:
+        if "script" not in step:
+            continue
+        script = tmp_path / f"{step['id']}.sh"
+        script.write_text(step["script"])
+        result = subprocess.run([tool("shellcheck"), str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"step {step['id']}:\n{result.stdout}{result.stderr}"
+
+
+def test_every_script_is_strict_and_has_usage():
+    for path in SHELL_SCRIPTS:
+        text = path.read_text()
+        if path.name in {"common.sh", "config.env"}:  # sourced, never run
+            continue
+        assert text.startswith("#!/usr/bin/env bash\n"), path
+        assert "set -euo pipefail" in text, path
+        assert path.stat().st_mode & 0o111, f"{path} is not executable"
+        if path.parent == DEPLOYMENT and path.name.startswith(("submit_build_", "deploy_")):
+            # The per-component scripts are thin wrappers over the shared ones.
+            assert re.search(r'exec "\$\(dirname .*\)/lib/(submit_build|deploy)\.sh"', text), path
+            assert len(text.splitlines()) <= 6, f"{path} should stay a thin wrapper"
+        else:
+            assert "usage()" in text and "--help" in text, path
+
+
+# --- Dockerfiles -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_runs_as_a_numeric_non_root_user(path):
+    users = re.findall(r"^USER\s+(\S+)", path.read_text(), flags=re.MULTILINE)
+    assert users, f"{path.name} sets no USER"
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1]), f"{path.name}: last USER {users[-1]}"
+
+
+@pytest.mark.parametrize("component", ["backend", "frontend"])
+def test_code_image_is_thin_and_built_from_a_given_base(component):
+    text = (DOCKER / f"{component}.Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE_URI$", text, flags=re.MULTILINE)
+    assert re.search(r"^FROM \$\{BASE_IMAGE_URI\}$", text, flags=re.MULTILINE)
+    copies = re.findall(r"^COPY\s+(\S+)", text, flags=re.MULTILINE)
+    assert copies == [f"{component}/"], "the code image copies its own code only"
+    assert re.search(r"^ENV PORT=8080$", text, flags=re.MULTILINE)
+    assert re.search(r"^EXPOSE 8080$", text, flags=re.MULTILINE)
+    cmd = re.findall(r"^CMD (.+)$", text, flags=re.MULTILINE)
+    assert len(cmd) == 1 and cmd[0].startswith("["), "exec-form CMD, so SIGTERM reaches the app"
+    expected = {
+        "backend": '["gunicorn", "--config", "python:backend.gunicorn_conf"]',
+        "frontend": '["python", "-m", "frontend"]',
+    }
+    assert cmd[0] == expected[component]
+
+
+def test_frontend_base_installs_no_torch():
+    text = (DOCKER / "frontend-base.Dockerfile").read_text()
+    assert "torch" not in text.lower().replace("no torch", "")
+    requirements = (DOCKER / "requirements-frontend.txt").read_text()
+    assert not re.search(r"^(torch|torchvision|nvidia-)", requirements, flags=re.MULTILINE)
+
+
+def test_backend_base_bakes_the_weights_last_and_serves_offline():
+    text = (DOCKER / "backend-base.Dockerfile").read_text()
+    runs = [i for i, line in enumerate(text.splitlines()) if line.startswith(("RUN", "COPY"))]
+    fetch_line = next(i for i, line in enumerate(text.splitlines()) if "weights fetch" in line)
+    torch_line = next(
+        i for i, line in enumerate(text.splitlines()) if "requirements-torch.txt" in line
+    )
+    assert torch_line < fetch_line
+    # After the fetch only the user is created: the weights are the last heavy layer.
+    later = [i for i in runs if i > fetch_line]
+    assert all("useradd" in text.splitlines()[i] for i in later)
+    for setting in ("HF_HUB_OFFLINE=1", "WEIGHTS_DIR=/opt/weights", "MODELS=${MODELS}"):
+        assert setting in text
+    assert '--models "${MODELS}" --dest /opt/weights' in text
+    assert "--mount=type=secret,id=hostca" in text
+    assert "PIP_CERT=/run/secrets/hostca" in text
+
+
+def test_dockerignore_sends_only_what_the_dockerfiles_copy():
+    patterns = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert patterns[0] == "*", "an allowlist: exclude everything, then include"
+    included = [p[1:] for p in patterns if p.startswith("!")]
+    sources = set()
+    for dockerfile in DOCKERFILES:
+        sources |= set(re.findall(r"^COPY\s+(\S+)", dockerfile.read_text(), flags=re.MULTILINE))
+    for source in sources:
+        assert any(
+            source == inc or source.startswith(inc) or Path(source).match(inc) for inc in included
+        ), f"COPY {source} is not in .dockerignore's allowlist"
+    for never in ("tests", ".venv", ".git", "benchmarks"):
+        assert not any(inc.startswith(never) for inc in included)
+
+
+def test_gcloudignore_uploads_what_the_build_reads():
+    lines = (ROOT / ".gcloudignore").read_text().splitlines()
+    assert "/*" in lines, "an allowlist: exclude everything, then include"
+    for needed in ("backend", "frontend", "weights", "docker", "deployment"):
+        assert f"!/{needed}/" in lines
+    assert "__pycache__/" in lines
+
+
+# --- Cloud Build files -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
+def test_build_args_are_exactly_the_dockerfiles_args(path):
+    build = load(path)
+    steps = steps_by_id(build)
+    component = component_of(path)
+    base_dockerfile = DOCKER / f"{component}-base.Dockerfile"
+    code_dockerfile = DOCKER / f"{component}.Dockerfile"
+
+    base_args = declared_args(base_dockerfile)
+    assert build_args_in(step_text(steps["build-base"])) == base_args
+    assert build_args_in(step_text(steps["build-code"])) == declared_args(code_dockerfile)
+    assert f"--file {base_dockerfile.relative_to(ROOT)}" in steps["build-base"]["script"]
+    assert f"--file={code_dockerfile.relative_to(ROOT)}" in steps["build-code"]["args"]
+    # The base's content hash covers the same arguments, so no argument can change the base
+    # without changing its tag.
+    hashed = set(re.findall(r'--arg "(\w+)=', steps["hash-base-inputs"]["script"]))
+    assert hashed == base_args
+    # Each argument has a substitution of the same name (Cloud Build's leading underscore),
+    # whose default is the Dockerfile's own default (the production value).
+    substitutions = build["substitutions"]
+    for name in base_args:
+        assert f'"{name}=${{_{name}}}"' in steps["build-base"]["script"]
+        assert f"_{name}" in substitutions
+        default = re.search(rf"^ARG {name}=(.*)$", base_dockerfile.read_text(), re.MULTILINE)
+        if default and name != "MODELS":
+            assert substitutions[f"_{name}"] == default.group(1).strip('"'), name
+    if component == "backend":
+        assert substitutions["_MODELS"] == path.stem.rsplit("_", 1)[1]
+
+
+@pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
+def test_code_image_is_built_from_the_base_of_the_same_build(path):
+    build = load(path)
+    steps = steps_by_id(build)
+    image = path.stem.removeprefix("cloudbuild_")
+    registry = "${_REGISTRY}/${PROJECT_ID}/${_REPOSITORY}"
+    base = f"{registry}/{image}_base"
+
+    code_args = steps["build-code"]["args"]
+    assert f"--build-arg=BASE_IMAGE_URI={base}:${{BUILD_ID}}" in code_args
+    assert f"--tag={registry}/{image}:${{BUILD_ID}}" in code_args
+    assert "build-base" in steps["build-code"]["waitFor"]
+    assert f'base="{base}"' in steps["build-base"]["script"]
+    assert 'docker tag "${base}:${tag}" "${base}:${BUILD_ID}"' in steps["build-base"]["script"]
+    assert build["images"] == [f"{base}:${{BUILD_ID}}", f"{registry}/{image}:${{BUILD_ID}}"]
+    assert image in build["tags"], "the deploy scripts find builds by this tag"
+
+
+@pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
+def test_base_is_reused_by_content_and_layers(path):
+    build = load(path)
+    steps = build["steps"]
+    by_id = steps_by_id(build)
+    image = path.stem.removeprefix("cloudbuild_")
+    # The first step pulls the previous base and tolerates its absence on a first build.
+    assert steps[0]["id"] == "pull-previous-base"
+    assert f"/{image}_base:latest" in steps[0]["script"]
+    assert steps[0]["script"].rstrip().endswith("|| exit 0")
+    # The base is looked up by the hash of its inputs and only built when absent.
+    hash_script = by_id["hash-base-inputs"]["script"]
+    component = component_of(path)
+    for needed in (f"docker/{component}-base.Dockerfile", f"docker/requirements-{component}.txt"):
+        assert needed in hash_script
+    if component == "backend":
+        assert re.search(r"^\s*weights \\$", hash_script, flags=re.MULTILINE)
+        assert "docker/requirements-torch.txt" in hash_script
+    assert "gcloud artifacts docker images describe" in by_id["look-up-base"]["script"]
+    build_base = by_id["build-base"]["script"]
+    assert re.search(r"if \[\[ -f .cloudbuild/base_found \]\]; then\s+docker pull", build_base)
+    # When it is built, it reuses the previous base's layers with or without BuildKit.
+    assert '--cache-from "${base}:latest"' in build_base
+    assert "--build-arg BUILDKIT_INLINE_CACHE=1" in build_base
+    assert "DOCKER_BUILDKIT=1" in by_id["build-base"]["env"]
+    push = by_id["push-base"]["script"]
+    for tag in ("$(cat .cloudbuild/base_tag)", "${BUILD_ID}", "latest"):
+        assert f'docker push "${{base}}:{tag}"' in push
+
+
+@pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
+def test_build_options_are_explicit(path):
+    build = load(path)
+    ids = [step["id"] for step in build["steps"]]
+    assert len(ids) == len(set(ids))
+    assert all(re.fullmatch(r"[a-z]+(-[a-z]+)+", i) for i in ids), ids
+    assert re.fullmatch(r"\d+s", build["timeout"])
+    options = build["options"]
+    assert options["automapSubstitutions"] is True
+    if component_of(path) == "backend":
+        assert options["machineType"] == "E2_HIGHCPU_8"
+        assert int(build["timeout"][:-1]) >= 1800
+        assert int(options["diskSizeGb"]) >= 50
+    assert build["substitutions"]["_REGISTRY"] == "northamerica-northeast1-docker.pkg.dev"
+
+
+@pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
+def test_every_substitution_used_is_declared_and_every_declared_one_used(path):
+    build = load(path)
+    text = yaml.safe_dump({k: v for k, v in build.items() if k != "substitutions"})
+    used = set(re.findall(r"\$\{?(_[A-Z0-9_]+)", text))
+    assert used == set(build["substitutions"])
+    assert all(re.fullmatch(r"_[A-Z0-9_]+", name) for name in build["substitutions"])
+    builtins = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)\}?", text))
+    assert builtins <= {"PROJECT_ID", "BUILD_ID"}, builtins
