@@ -37,12 +37,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time of the record, not at creation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always sys.stdout
+
+
 def configure_logging(level: str) -> None:
     """Send every logger's records to stdout as JSON lines (idempotent)."""
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "_baked_vision", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler._baked_vision = True  # type: ignore[attr-defined]
         handler.setFormatter(JsonFormatter())
         root.addHandler(handler)

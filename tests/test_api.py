@@ -1,0 +1,433 @@
+"""The HTTP contract through the app factory, and every bad input of bad-inputs.md."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from backend.app import create_app
+from backend.settings import Settings
+from tests.upstream import SECRET_BODY, upstream_server
+
+MODELS = ["resnet18", "mobilenet_v3_large"]
+
+
+def _settings(baked_dir, weights_origin, **overrides) -> Settings:
+    base = {
+        "weights_dir": baked_dir,
+        "models": ",".join(MODELS),
+        "catalog_path": weights_origin.catalog_path,
+        "torch_threads": 2,
+        "url_total_timeout_s": 2.0,
+        "url_connect_timeout_s": 1.0,
+    }
+    return Settings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with upstream_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(baked_dir, weights_origin, upstream):
+    """An app allowed to fetch from the local upstream (loopback, its port), as in dev."""
+    app = create_app(
+        _settings(
+            baked_dir,
+            weights_origin,
+            url_allow_loopback=True,
+            url_allowed_ports=frozenset({80, 443, upstream.port}),
+        )
+    )
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def strict_client(baked_dir, weights_origin):
+    """The production URL policy: no loopback, ports 80/443 only."""
+    return create_app(_settings(baked_dir, weights_origin, models="resnet18")).test_client()
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def photo(size=(320, 240)) -> Image.Image:
+    """A deterministic, non-uniform picture."""
+    image = Image.linear_gradient("L").resize(size).convert("RGB")
+    image.paste((220, 40, 40), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
+    return image
+
+
+def upload(client, data: bytes, filename="image.jpg", **fields):
+    return client.post(
+        "/predict",
+        data={"image": (io.BytesIO(data), filename), **fields},
+        content_type="multipart/form-data",
+    )
+
+
+def assert_error(response, status: int, code: str | None = None):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert error["message"] and isinstance(error["message"], str)
+    assert "Traceback" not in error["message"]
+    if code:
+        assert error["code"] == code
+    return error
+
+
+# --- the contract ----------------------------------------------------------------------
+
+
+def test_health_ready_hello(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ready", "models": MODELS}
+    assert client.get("/hello").get_json() == "Hello!"
+
+
+def test_models_lists_the_default_first(client, baked_dir, weights_origin):
+    assert client.get("/models").get_json() == MODELS
+    app = create_app(_settings(baked_dir, weights_origin, default_model="mobilenet_v3_large"))
+    assert app.test_client().get("/models").get_json() == ["mobilenet_v3_large", "resnet18"]
+
+
+def test_model_metadata(client, weights_origin):
+    facts = client.get("/models/resnet18").get_json()
+    assert facts["architecture"] == "resnet18"
+    assert facts["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+    assert facts["sha256"] == weights_origin.files["resnet18"][1]
+    assert facts["file_size_bytes"] == weights_origin.files["resnet18"][0].stat().st_size
+    assert facts["parameters"] == 11689512 and facts["imagenet_acc1"] == 69.758
+    assert facts["input_size"] == 224 and facts["untrained"] is False
+
+
+def test_unknown_model_metadata_is_404_listing_ids(client):
+    error = assert_error(client.get("/models/vgg16"), 404, "unknown_model")
+    assert "resnet18" in error["message"] and "mobilenet_v3_large" in error["message"]
+
+
+def test_predict_upload(client):
+    response = upload(client, encode(photo(), "JPEG"), top_k="3")
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["model"] == "resnet18"  # the default
+    assert len(body["predictions"]) == 3
+    assert body["category"] == body["predictions"][0]["label"]
+    probabilities = [p["probability"] for p in body["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(0 <= p <= 1 for p in probabilities)
+    assert {"decode", "preprocess", "forward", "total"} <= set(body["timings_ms"])
+    assert "untrained" not in body
+
+
+def test_predict_url_with_model_and_default_top_k(client, upstream):
+    response = client.post(
+        "/predict", json={"url": upstream.url("/image.jpg"), "model": "mobilenet_v3_large"}
+    )
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["model"] == "mobilenet_v3_large"
+    assert len(body["predictions"]) == 5
+    assert "fetch" in body["timings_ms"]
+
+
+def test_the_model_in_the_path_is_used(client):
+    data = encode(photo(), "PNG")
+    by_path = client.post(
+        "/model/mobilenet_v3_large/predict",
+        data={"image": (io.BytesIO(data), "a.png")},
+        content_type="multipart/form-data",
+    ).get_json()
+    by_field = upload(client, data, model="mobilenet_v3_large").get_json()
+    default = upload(client, data).get_json()
+    assert by_path["model"] == "mobilenet_v3_large"
+    assert by_path["predictions"] == by_field["predictions"]
+    assert by_path["predictions"] != default["predictions"]  # resnet18 answers differently
+    assert_error(client.post("/model/vgg16/predict", json={"url": "http://x"}), 404)
+
+
+def test_no_endpoint_changes_the_model_for_others(client):
+    assert client.put("/model/mobilenet_v3_large").status_code in (404, 405)
+    assert client.post("/model/mobilenet_v3_large").status_code in (404, 405)
+    assert upload(client, encode(photo(), "PNG")).get_json()["model"] == "resnet18"
+
+
+def test_request_and_trace_ids_are_logged(client, capsys):
+    response = client.get(
+        "/models", headers={"X-Cloud-Trace-Context": "105445aa7843bc8bf206b12000100000/1;o=1"}
+    )
+    assert response.headers["X-Request-Id"]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    [entry] = [e for e in lines if e.get("event") == "request"]
+    assert entry["severity"] == "INFO"
+    assert entry["request_id"] == response.headers["X-Request-Id"]
+    assert entry["logging.googleapis.com/trace"].endswith("105445aa7843bc8bf206b12000100000")
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"data": "{not json", "content_type": "application/json"}, 400),
+        ({"data": "[1, 2]", "content_type": "application/json"}, 400),
+        ({"data": "null", "content_type": "application/json"}, 400),
+        ({"data": "[" * 100_000 + "]" * 100_000, "content_type": "application/json"}, 400),
+        ({"data": "url=http://example.com/", "content_type": "text/plain"}, 415),
+        ({"data": "url=x", "content_type": "application/x-www-form-urlencoded"}, 415),
+        ({"json": {}}, 400),
+        ({"json": {"url": 42}}, 400),
+        ({"json": {"url": None}}, 400),
+        ({"json": {"url": ["http://example.com/a.jpg"]}}, 400),
+        ({"json": {"url": ""}}, 400),
+        ({"json": {"url": "http://example.com/a.jpg", "top_k": 0}}, 400),
+        ({"json": {"url": "http://example.com/a.jpg", "top_k": 21}}, 400),
+        ({"json": {"url": "http://example.com/a.jpg", "top_k": "five"}}, 400),
+        ({"json": {"url": "http://example.com/a.jpg", "top_k": 2.5}}, 400),
+        ({"json": {"url": "http://example.com/a.jpg", "top_k": True}}, 400),
+        ({"json": {"url": "http://example.com/a.jpg", "model": 7}}, 400),
+    ],
+    ids=lambda v: str(v)[:40],
+)
+def test_malformed_requests(client, kwargs, status):
+    assert_error(client.post("/predict", **kwargs), status)
+
+
+def test_both_url_and_image_is_400(client):
+    response = client.post(
+        "/predict",
+        data={"image": (io.BytesIO(encode(photo(), "PNG")), "a.png"), "url": "http://x.org/a"},
+        content_type="multipart/form-data",
+    )
+    assert_error(response, 400)
+
+
+def test_unknown_model_is_404_listing_valid_ids(client):
+    error = assert_error(
+        client.post("/predict", json={"url": "http://example.com/a.jpg", "model": "vgg16"}),
+        404,
+        "unknown_model",
+    )
+    assert "resnet18" in error["message"]
+
+
+def test_body_over_the_limit_is_413(baked_dir, weights_origin):
+    app = create_app(
+        _settings(baked_dir, weights_origin, models="resnet18", max_request_bytes=1024)
+    )
+    response = upload(app.test_client(), b"\xff" * 4096)
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_wrong_method_and_unknown_route_are_json(client):
+    assert_error(client.get("/predict"), 405)
+    assert_error(client.get("/no/such/route"), 404)
+
+
+# --- URLs: refused before any connection ------------------------------------------------
+
+FORBIDDEN_URLS = [
+    "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://metadata.google.internal./computeMetadata/v1/",
+    "http://2130706433/",
+    "http://0x7f.1/",
+    "http://0177.0.0.1/",
+    "http://127.1/",
+    "http://0/",
+    "http://0251.0376.0251.0376/",
+    "http://%31%32%37.0.0.1/",
+    "http://[::1]/",
+    "http://[::ffff:169.254.169.254]/",
+    "http://[fd00::1]/",
+    "http://[64:ff9b::a9fe:a9fe]/",
+    "http://10.0.0.1/a.jpg",
+    "http://172.16.0.1/a.jpg",
+    "http://192.168.1.1/a.jpg",
+    "http://100.64.0.1/a.jpg",
+    "file:///etc/passwd",
+    "gopher://example.com/",
+    "ftp://example.com/a.jpg",
+    "data:image/png;base64,iVBORw0KGgo=",
+    "//example.com/a.jpg",
+    "http://example.com:8080/a.jpg",
+    "http://169.254.169.254\\@example.com/",
+    "http://user:pass@example.com/a.jpg",
+    "http://example.com/" + "a" * 2100,
+]
+
+
+@pytest.mark.parametrize("url", FORBIDDEN_URLS, ids=lambda u: u[:50])
+def test_forbidden_urls_are_refused(strict_client, url):
+    assert_error(strict_client.post("/predict", json={"url": url}), 400, "url_not_allowed")
+
+
+def test_loopback_is_refused_by_default_even_on_an_allowed_port(strict_client, upstream):
+    response = strict_client.post("/predict", json={"url": upstream.url("/image.png")})
+    assert_error(response, 400, "url_not_allowed")
+    assert not upstream.requests or all(r.path != "/image.png" for r in upstream.requests[-1:])
+
+
+# --- downloads -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/too-large", 413),
+        ("/endless", 413),
+        ("/short", 502),
+        ("/not-found", 502),
+        ("/server-error", 502),
+        ("/html", 415),
+        ("/drip", 504),
+        ("/hang", 504),
+        ("/gzip", 502),
+        ("/redirect/4", 400),
+    ],
+)
+def test_download_faults(client, upstream, path, status):
+    response = client.post("/predict", json={"url": upstream.url(path)})
+    assert_error(response, status)
+    assert SECRET_BODY.decode() not in response.get_data(as_text=True)
+
+
+def test_redirects_are_followed_up_to_three(client, upstream):
+    assert client.post("/predict", json={"url": upstream.url("/redirect/3")}).status_code == 200
+
+
+def test_redirect_to_the_metadata_server_is_refused(client, upstream):
+    target = "http://169.254.169.254/computeMetadata/v1/"
+    response = client.post("/predict", json={"url": upstream.url(f"/redirect?to={target}")})
+    assert_error(response, 400, "url_not_allowed")
+
+
+def test_client_headers_are_not_forwarded(client, upstream):
+    client.post(
+        "/predict",
+        json={"url": upstream.url("/image.png")},
+        headers={"Metadata-Flavor": "Google", "Authorization": "Bearer secret"},
+    )
+    received = [r for r in upstream.requests if r.path == "/image.png"][-1]
+    names = {k.lower() for k in received.headers}
+    assert "metadata-flavor" not in names and "authorization" not in names
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size, with almost no data (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _with_transparency() -> bytes:
+    image = Image.new("P", (64, 64), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    return encode(image, "PNG", transparency=0)
+
+
+def _animated_gif() -> bytes:
+    frames = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+
+
+def _truncated_jpeg() -> bytes:
+    data = encode(photo((640, 480)), "JPEG", quality=95)
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"", 400),
+        (b"just some text, not an image", 415),
+        (b"<!doctype html><html><body>hi</body></html>", 415),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', 415),
+        (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF", 415),
+        (encode(photo(), "TIFF"), 415),
+        (_truncated_jpeg(), 422),
+        (png_header_claiming(10_000, 10_000), 413),
+        (png_header_claiming(40_000, 40_000), 413),
+    ],
+    ids=["empty", "text", "html", "svg", "pdf", "tiff", "truncated-jpeg", "bomb-10k", "bomb-40k"],
+)
+def test_bad_images(client, data, status):
+    assert_error(upload(client, data), status)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(photo().convert("RGBA"), "PNG"),
+        encode(photo().convert("LA"), "PNG"),
+        _with_transparency(),
+        encode(photo().convert("1"), "PNG"),
+        encode(photo().convert("CMYK"), "JPEG"),
+        encode(Image.new("I;16", (64, 64), 40000), "PNG"),
+        _animated_gif(),
+        encode(photo(), "WEBP"),
+        encode(photo(), "BMP"),
+    ],
+    ids=[
+        "rgba",
+        "la",
+        "palette-transparency",
+        "1-bit",
+        "cmyk",
+        "16-bit",
+        "gif-anim",
+        "webp",
+        "bmp",
+    ],
+)
+def test_unusual_but_valid_images_are_classified(client, data):
+    assert upload(client, data).status_code == 200
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 10_000), (10_000, 1)])
+def test_degenerate_sizes_are_200_or_422(client, size):
+    assert upload(client, encode(Image.new("RGB", size, "white"), "PNG")).status_code in (200, 422)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=2048))
+def test_random_bytes_get_200_or_4xx(client, data):
+    status = upload(client, data).status_code
+    assert status == 200 or 400 <= status < 500
+
+
+def test_still_serving_after_all_of_the_above(client):
+    assert client.get("/healthz").status_code == 200
+    assert upload(client, encode(photo(), "JPEG")).status_code == 200
