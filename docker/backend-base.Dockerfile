@@ -70,10 +70,12 @@ RUN if [ -z "${WEIGHTS_MIRROR}" ]; then unset WEIGHTS_MIRROR; fi; \
     && python -m compileall -q /app/weights
 
 # Runtime: serve only what was baked, never download (HF_HUB_OFFLINE makes the Hub client
-# fail fast instead of reaching out). MODELS stays what was baked unless a deploy overrides it.
+# fail fast instead of reaching out). MODELS stays what was baked unless a deploy overrides it,
+# and the service reads the catalog the weights were fetched with (empty: the built-in one).
 ENV PYTHONPATH=/app \
     WEIGHTS_DIR=/opt/weights \
     MODELS=${MODELS} \
+    WEIGHTS_CATALOG=${WEIGHTS_CATALOG} \
     HF_HUB_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1
 

@@ -274,7 +274,7 @@ def test_deploy_backend_runs_the_latest_build_with_its_sizing(gcloud, version, m
     assert probe["httpGet.port"] == "8080"
     assert int(probe["periodSeconds"]) * int(probe["failureThreshold"]) <= 240
     assert int(probe["timeoutSeconds"]) <= int(probe["periodSeconds"])
-    assert env_vars(deploy) == {"MODELS": version}
+    assert env_vars(deploy) == {"MODELS": version, "GUNICORN_THREADS": "8"}
     assert "--allow-unauthenticated" in deploy
     assert "--no-allow-unauthenticated" not in deploy
 
@@ -294,6 +294,7 @@ def test_deploy_backend_pins_a_given_build_and_follows_the_thread_count(gcloud):
     deploy = result.only_call_to("run", "deploy")
     assert flag(deploy, "image") == f"{REGISTRY}/backend_v2:my-build"
     assert flag(deploy, "concurrency") == "4"
+    assert env_vars(deploy)["GUNICORN_THREADS"] == "4"
 
 
 def test_deploy_backend_private_refuses_unauthenticated_calls(gcloud):

@@ -57,6 +57,10 @@ deploy_backend() {
   fi
   # MODELS is also baked into the image; setting it here keeps the service's configuration
   # complete in one place (--set-env-vars replaces all variables of the previous revision).
+  # One number sets both gunicorn's threads and Cloud Run's concurrency: each request Cloud
+  # Run lets in gets a thread, and none waits in the instance for one.
+  local env
+  env="$(join_env "MODELS=${version}" "GUNICORN_THREADS=${BACKEND_THREADS}" "${BACKEND_EXTRA_ENV}")"
   run gcloud run deploy "$(service_name "backend_${version}")" \
     --project="${PROJECT_ID}" \
     --region="${REGION}" \
@@ -70,7 +74,7 @@ deploy_backend() {
     --timeout=60 \
     --min-instances=0 \
     --max-instances="${MAX_INSTANCES}" \
-    --set-env-vars="$(join_env "MODELS=${version}" "${BACKEND_EXTRA_ENV}")" \
+    --set-env-vars="${env}" \
     --labels="app=baked-vision,component=backend,version=${version}" \
     "${access}" \
     --quiet
