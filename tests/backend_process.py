@@ -54,8 +54,13 @@ class BackendProcess:
                 self.process.wait()
 
 
-def start_backend(weights_dir: Path, log_path: Path, **env: str) -> BackendProcess:
-    """Start gunicorn as Cloud Run would, with test-friendly overrides in `env`."""
+def start_backend(
+    weights_dir: Path, log_path: Path, *, prefix: tuple[str, ...] = (), **env: str
+) -> BackendProcess:
+    """Start gunicorn as Cloud Run would, with test-friendly overrides in `env`.
+
+    `prefix` wraps the command, e.g. ("unshare", "-n") for a process with no network.
+    """
     port = free_port()
     full_env = {
         **os.environ,
@@ -66,7 +71,7 @@ def start_backend(weights_dir: Path, log_path: Path, **env: str) -> BackendProce
     }
     log_file = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "python:backend.gunicorn_conf"],
+        [*prefix, sys.executable, "-m", "gunicorn", "--config", "python:backend.gunicorn_conf"],
         cwd=ROOT,
         env=full_env,
         stdout=log_file,

@@ -1,0 +1,198 @@
+"""The backend as Cloud Run runs it: a real gunicorn process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.backend_process import start_backend
+from tests.upstream import PNG_BYTES, upstream_server
+from weights.lock import read_lock
+
+pytestmark = pytest.mark.slow
+
+
+def _images() -> list[bytes]:
+    """Four different pictures, so answers differ by image as well as by model."""
+    out = []
+    for colour in [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]:
+        image = Image.linear_gradient("L").resize((256, 256)).convert("RGB")
+        image.paste(colour, (40, 40, 160, 160))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def _predict(url: str, model: str, data: bytes) -> dict:
+    response = requests.post(
+        f"{url}/predict",
+        files={"image": ("x.png", data, "image/png")},
+        data={"model": model, "top_k": "5"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_parallel_requests_for_different_models_each_get_their_own_answer(backend_server):
+    """Question 7 of the assignment: one user's model choice never leaks into another's."""
+    images = _images()
+    models = ["resnet18", "mobilenet_v3_large"]
+    serial = {(m, i): _predict(backend_server.url, m, images[i]) for m in models for i in range(4)}
+    assert (
+        serial[("resnet18", 0)]["predictions"] != serial[("mobilenet_v3_large", 0)]["predictions"]
+    )
+
+    jobs = [(models[n % 2], (n // 2) % 4) for n in range(32)]  # interleaved models and images
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(
+            pool.map(lambda job: _predict(backend_server.url, job[0], images[job[1]]), jobs)
+        )
+    for (model, image), answer in zip(jobs, answers, strict=True):
+        expected = serial[(model, image)]
+        assert answer["model"] == model
+        assert [p["index"] for p in answer["predictions"]] == [
+            p["index"] for p in expected["predictions"]
+        ]
+        for got, want in zip(answer["predictions"], expected["predictions"], strict=True):
+            assert got["probability"] == pytest.approx(want["probability"], abs=1e-5)
+
+
+def test_gunicorn_reports_ready_only_after_warm_up_then_predicts(
+    baked_dir, weights_origin, tmp_path
+):
+    backend = start_backend(
+        baked_dir,
+        tmp_path / "log.txt",
+        MODELS="resnet18,mobilenet_v3_large",
+        WEIGHTS_CATALOG=str(weights_origin.catalog_path),
+    )
+    try:
+        statuses = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                statuses.append(requests.get(f"{backend.url}/readyz", timeout=1).status_code)
+                assert requests.get(f"{backend.url}/healthz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                pass  # the worker is still importing torch
+            except requests.Timeout:
+                pass
+            if statuses and statuses[-1] == 200:
+                break
+            time.sleep(0.02)
+        assert 503 in statuses, "readyz never answered 503 while the models were loading"
+        assert statuses[-1] == 200
+        log = backend.log()
+        assert '"event": "model_loaded", "model": "resnet18"' in log
+        assert '"event": "ready"' in log
+        assert (
+            _predict(backend.url, "mobilenet_v3_large", PNG_BYTES)["model"] == "mobilenet_v3_large"
+        )
+    finally:
+        backend.stop()
+
+
+def test_sigterm_lets_the_request_in_flight_finish(baked_dir, weights_origin, tmp_path):
+    with upstream_server() as upstream:
+
+        def slow_image(request):  # answers after 2 s, well inside the 10 s Cloud Run allows
+            time.sleep(2)
+            request.send_response(200)
+            request.send_header("Content-Type", "image/png")
+            request.send_header("Content-Length", str(len(PNG_BYTES)))
+            request.end_headers()
+            request.wfile.write(PNG_BYTES)
+
+        upstream.add_route("/slow.png", slow_image)
+        backend = start_backend(
+            baked_dir,
+            tmp_path / "log.txt",
+            MODELS="resnet18",
+            WEIGHTS_CATALOG=str(weights_origin.catalog_path),
+            URL_ALLOW_LOOPBACK="1",
+            URL_ALLOWED_PORTS=str(upstream.port),
+        )
+        try:
+            backend.wait_ready()
+            result: dict = {}
+
+            def call():
+                result["response"] = requests.post(
+                    f"{backend.url}/predict", json={"url": upstream.url("/slow.png")}, timeout=30
+                )
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            while not any(r.path == "/slow.png" for r in upstream.requests):
+                time.sleep(0.02)  # the request is now in flight inside the backend
+            sent = time.monotonic()
+            backend.process.send_signal(signal.SIGTERM)
+            caller.join(30)
+            assert result["response"].status_code == 200, result["response"].text
+            backend.process.wait(timeout=10)
+            assert time.monotonic() - sent < 10
+            assert backend.process.returncode == 0
+        finally:
+            backend.stop()
+
+
+def _no_network() -> tuple[str, ...]:
+    """A command prefix giving the process a network namespace of its own, with no network:
+    were the backend to try to download anything, it would fail with a different error."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"]).returncode == 0:
+        return ("unshare", "-n")
+    pytest.skip("unshare -n is not permitted here")
+
+
+def _refusal(weights_dir, tmp_path, **env) -> tuple[int, str]:
+    """Start gunicorn with no network at all; wait for it to give up."""
+    backend = start_backend(weights_dir, tmp_path / "log.txt", prefix=_no_network(), **env)
+    try:
+        code = backend.process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        backend.stop()
+        pytest.fail(f"the backend kept running:\n{backend.log()}")
+    return code, backend.log()
+
+
+def _copy(baked_dir, tmp_path):
+    dest = tmp_path / "weights"
+    shutil.copytree(baked_dir, dest)
+    return dest, read_lock(dest)["resnet18"]
+
+
+def test_start_refuses_with_missing_weights(baked_dir, weights_origin, tmp_path):
+    dest, record = _copy(baked_dir, tmp_path)
+    (dest / record.file).unlink()
+    code, log = _refusal(
+        dest, tmp_path, MODELS="resnet18", WEIGHTS_CATALOG=str(weights_origin.catalog_path)
+    )
+    assert code != 0
+    assert record.file in log and "python -m weights fetch --models resnet18" in log
+
+
+def test_start_refuses_with_corrupt_weights_and_makes_no_network_call(
+    baked_dir, weights_origin, tmp_path
+):
+    dest, record = _copy(baked_dir, tmp_path)
+    path = dest / record.file
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    code, log = _refusal(
+        dest, tmp_path, MODELS="resnet18", WEIGHTS_CATALOG=str(weights_origin.catalog_path)
+    )
+    assert code != 0
+    assert "sha256" in log and "python -m weights fetch --models resnet18" in log
+    assert "Traceback" not in log.split('"event": "load_failed"')[0]
