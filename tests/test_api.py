@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +12,7 @@ from PIL import Image
 
 from backend.app import create_app
 from backend.settings import Settings
+from tests.imagegen import png_header_claiming
 from tests.upstream import SECRET_BODY, upstream_server
 
 MODELS = ["resnet18", "mobilenet_v3_large"]
@@ -328,26 +327,6 @@ def test_client_headers_are_not_forwarded(client, upstream):
 
 
 # --- images --------------------------------------------------------------------------------
-
-
-def png_header_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims a huge size, with almost no data (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _with_transparency() -> bytes:

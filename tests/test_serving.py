@@ -9,12 +9,14 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
 from tests.backend_process import start_backend
+from tests.imagegen import png_header_claiming
 from tests.upstream import PNG_BYTES, upstream_server
 from weights.lock import read_lock
 
@@ -196,3 +198,70 @@ def test_start_refuses_with_corrupt_weights_and_makes_no_network_call(
     assert code != 0
     assert "sha256" in log and "python -m weights fetch --models resnet18" in log
     assert "Traceback" not in log.split('"event": "load_failed"')[0]
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _worker_pid(master_pid: int) -> int:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_a_slow_drip_ends_in_504_at_the_deadline_while_healthz_stays_responsive(backend_server):
+    with upstream_server() as upstream:
+        result: dict = {}
+
+        def call():
+            start = time.monotonic()
+            result["response"] = requests.post(
+                f"{backend_server.url}/predict", json={"url": upstream.url("/drip")}, timeout=30
+            )
+            result["seconds"] = time.monotonic() - start
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        slowest = 0.0
+        while caller.is_alive():
+            start = time.monotonic()
+            assert requests.get(f"{backend_server.url}/healthz", timeout=2).status_code == 200
+            slowest = max(slowest, time.monotonic() - start)
+            time.sleep(0.2)
+        caller.join()
+    assert result["response"].status_code == 504
+    assert result["response"].json()["error"]["code"] == "upstream_timeout"
+    assert 9 <= result["seconds"] <= 13  # the 10 s total deadline, not a per-read timeout
+    assert slowest < 1.0
+
+
+def test_worker_survives_abuse_with_bounded_memory(backend_server):
+    worker = _worker_pid(backend_server.process.pid)
+    before = _rss_kb(worker)
+    bomb = png_header_claiming(40_000, 40_000)
+    with upstream_server() as upstream:
+        abuse = [
+            {"files": {"image": ("b.png", bomb, "image/png")}},
+            {"files": {"image": ("big.bin", b"\xff" * (12 * 1024 * 1024), "image/png")}},
+            {"json": {"url": upstream.url("/endless")}},
+            {"json": {"url": upstream.url("/too-large")}},
+            {"data": "[" * 200_000, "headers": {"Content-Type": "application/json"}},
+        ]
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            statuses = list(
+                pool.map(
+                    lambda kw: (
+                        requests.post(f"{backend_server.url}/predict", timeout=30, **kw).status_code
+                    ),
+                    abuse * 3,
+                )
+            )
+    assert all(400 <= s < 500 for s in statuses), statuses
+    assert _worker_pid(backend_server.process.pid) == worker  # the same worker, still alive
+    grown_mb = (_rss_kb(worker) - before) / 1024
+    assert grown_mb < 300, f"worker memory grew by {grown_mb:.0f} MB"
+    assert _predict(backend_server.url, "resnet18", PNG_BYTES)["model"] == "resnet18"
