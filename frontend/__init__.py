@@ -1,0 +1,1 @@
+"""The Streamlit page of Baked Vision and its backend client (no torch, no backend imports)."""

@@ -1,0 +1,286 @@
+"""The page's only way to the backend: bounded HTTP calls and typed errors.
+
+Every failure becomes a `BackendError` whose text is a sentence for the page's user: the
+backend's own message when it rejected the request (a 4xx, or a 502/504 about the image
+URL), a plain "down" / "slow" / "not allowed" otherwise. Pure Python, no Streamlit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from urllib3.exceptions import HTTPError, ReadTimeoutError
+
+# audience -> a Google-signed ID token (see frontend/auth.py); raises auth.TokenError.
+TokenSource = Callable[[str], str]
+
+MAX_RESPONSE_BYTES = 1024 * 1024  # a prediction or a model list is a few KB
+_CHUNK = 64 * 1024
+# The backend answers 502/504 with its own message when the *image* URL failed; that message
+# is about the user's input, so it is shown like a 4xx.
+_IMAGE_SOURCE_CODES = frozenset({"upstream_error", "upstream_timeout"})
+
+
+class BackendError(Exception):
+    """The backend gave no usable answer; `str(error)` is a sentence for the user."""
+
+
+class BackendUnavailable(BackendError):
+    """Nothing (or only a proxy's error page) answered: the backend is down or unreachable."""
+
+
+class BackendNotReady(BackendUnavailable):
+    """The backend is up but still loading its models."""
+
+
+class BackendTimeout(BackendError):
+    """The backend did not finish answering within the deadline."""
+
+
+class BackendRejected(BackendError):
+    """The backend refused the request and said why (its message is the error's text)."""
+
+    def __init__(self, message: str, *, status: int, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class BackendAuthError(BackendError):
+    """The private backend refused this frontend, or no ID token could be had."""
+
+
+class BackendFailed(BackendError):
+    """The backend broke (a 5xx of its own) or answered something that is not the contract."""
+
+
+@dataclass(frozen=True)
+class Label:
+    label: str
+    index: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answer of POST /predict, as the page shows it."""
+
+    model: str
+    category: str
+    labels: tuple[Label, ...]  # best first
+    total_ms: float | None
+    untrained: bool  # the backend served untrained demo weights
+
+    @property
+    def top(self) -> Label:
+        return self.labels[0]
+
+
+class BackendClient:
+    """Calls one backend (SERVING_URL) or API gateway (API_GATEWAY, `path_routing=True`)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        path_routing: bool = False,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        token_source: TokenSource | None = None,
+        audience: str | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.path_routing = path_routing
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = min(connect_timeout_s, timeout_s)
+        self.token_source = token_source
+        # Cloud Run checks that an ID token's audience is the service's own URL.
+        self.audience = audience or self.base_url
+        self.max_response_bytes = max_response_bytes
+
+    # --- the backend's routes -------------------------------------------------------------
+
+    def list_models(self) -> list[str]:
+        """The served model ids, default first (GET /models)."""
+        body = self._call("GET", "/models")
+        if not (isinstance(body, list) and body and all(isinstance(m, str) for m in body)):
+            raise BackendFailed("The backend's model list is not a list of model ids.")
+        return body
+
+    def model_info(self, model_id: str) -> dict[str, Any]:
+        """Metadata of one model (GET /models/<id>): architecture, accuracy, untrained..."""
+        body = self._call("GET", f"/models/{quote(model_id, safe='')}")
+        if not isinstance(body, dict):
+            raise BackendFailed("The backend's model metadata is not a JSON object.")
+        return body
+
+    def predict_url(self, url: str, *, model: str | None = None, top_k: int = 5) -> Prediction:
+        """Classify the image at `url` (the backend downloads it)."""
+        payload: dict[str, Any] = {"url": url, "top_k": top_k}
+        if model and not self.path_routing:
+            payload["model"] = model
+        return _prediction(self._call("POST", self._predict_path(model), json=payload))
+
+    def predict_image(
+        self,
+        data: bytes,
+        *,
+        filename: str = "image",
+        content_type: str = "application/octet-stream",
+        model: str | None = None,
+        top_k: int = 5,
+    ) -> Prediction:
+        """Classify uploaded image bytes (multipart field `image`)."""
+        form: dict[str, str] = {"top_k": str(top_k)}
+        if model and not self.path_routing:
+            form["model"] = model
+        files = {"image": (filename, data, content_type)}
+        return _prediction(self._call("POST", self._predict_path(model), data=form, files=files))
+
+    def _predict_path(self, model: str | None) -> str:
+        if not self.path_routing:
+            return "/predict"  # the model travels in the body; None: the backend's default
+        if not model:
+            raise ValueError("a gateway routes by model: pass the model id")
+        return f"/model/{quote(model, safe='')}/predict"
+
+    # --- one bounded call -------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON body of a 2xx answer; every other outcome raises a BackendError."""
+        deadline = time.monotonic() + self.timeout_s
+        headers = {"Accept": "application/json", **self._auth_headers()}
+        try:
+            # requests' read timeout bounds each wait for bytes, not the whole answer; the
+            # deadline checked while reading the body bounds the total.
+            with (
+                requests.Session() as session,
+                session.request(
+                    method,
+                    self.base_url + path,
+                    headers=headers,
+                    timeout=(self.connect_timeout_s, self.timeout_s),
+                    allow_redirects=False,
+                    stream=True,
+                    **kwargs,
+                ) as response,
+            ):
+                raw = self._read_body(response, deadline)
+        except requests.exceptions.ConnectTimeout:
+            raise self._unreachable() from None
+        # urllib3's own errors: the body is read from the raw stream, below requests' wrapping.
+        except (requests.exceptions.ReadTimeout, ReadTimeoutError, _DeadlineExceeded):
+            raise BackendTimeout(
+                f"The backend did not answer within {self.timeout_s:g} s. It may be starting "
+                "up (loading its models) or busy; try again in a moment."
+            ) from None
+        except (requests.exceptions.RequestException, HTTPError):
+            raise self._unreachable() from None
+
+        if not 200 <= response.status_code < 300:
+            raise _error_for(response.status_code, raw, path)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise BackendFailed("The backend's answer is not JSON.") from None
+
+    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
+        chunks, size = [], 0
+        # read1 returns what has arrived; iter_content would wait for a full chunk, so a
+        # trickling answer would only be noticed after the whole of it.
+        while chunk := response.raw.read1(_CHUNK, decode_content=True):
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise BackendFailed("The backend's answer is larger than any real answer.")
+            if time.monotonic() > deadline:
+                raise _DeadlineExceeded
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self.token_source is None:
+            return {}
+        from frontend.auth import TokenError
+
+        try:
+            token = self.token_source(self.audience)
+        except TokenError as exc:
+            raise BackendAuthError(
+                f"This page could not get a Google ID token to call the private backend: {exc}"
+            ) from None
+        return {"Authorization": f"Bearer {token}"}
+
+    def _unreachable(self) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"Cannot reach the backend at {self.base_url}: it is down or the address is wrong."
+        )
+
+
+class _DeadlineExceeded(Exception):
+    """The total deadline passed while the answer was still arriving."""
+
+
+def _error_for(status: int, raw: bytes, path: str) -> BackendError:
+    """The error a non-2xx answer means, with the backend's own message when it sent one."""
+    code, message = _contract_error(raw)
+    if message is not None:
+        if status == 503:
+            return BackendNotReady(f"The backend is not ready yet: {message}")
+        if 400 <= status < 500 or code in _IMAGE_SOURCE_CODES:
+            return BackendRejected(message, status=status, code=code)
+        return BackendFailed(f"The backend failed (HTTP {status}): {message}")
+    # No contract body: a proxy, Cloud Run's front end or a gateway answered instead.
+    if status in (401, 403):
+        return BackendAuthError(
+            f"The backend refused this page (HTTP {status}): it is private, and this frontend "
+            "is not allowed to call it (see BACKEND_AUTH=id_token)."
+        )
+    if status == 404:
+        return BackendFailed(
+            f"The backend has no {path} (HTTP 404): is SERVING_URL / API_GATEWAY right?"
+        )
+    if status == 429 or status >= 500:
+        return BackendUnavailable(
+            f"The backend is unavailable right now (HTTP {status}); try again in a moment."
+        )
+    return BackendFailed(f"The backend answered HTTP {status}, which this page did not expect.")
+
+
+def _contract_error(raw: bytes) -> tuple[str | None, str | None]:
+    """(code, message) of a `{"error": {"code", "message"}}` body, else (None, None)."""
+    try:
+        error = json.loads(raw)["error"]
+        message = error["message"]
+    except (ValueError, KeyError, TypeError):
+        return None, None
+    if not isinstance(message, str) or not message.strip():
+        return None, None
+    code = error.get("code")
+    return (code if isinstance(code, str) else None), message
+
+
+def _prediction(body: Any) -> Prediction:
+    try:
+        labels = tuple(
+            Label(str(p["label"]), int(p["index"]), float(p["probability"]))
+            for p in body["predictions"]
+        )
+        if not labels:
+            raise ValueError("no predictions")
+        total = body.get("timings_ms", {}).get("total")
+        return Prediction(
+            model=str(body["model"]),
+            category=str(body.get("category") or labels[0].label),
+            labels=labels,
+            total_ms=float(total) if total is not None else None,
+            untrained=body.get("untrained") is True,
+        )
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        raise BackendFailed("The backend's answer is not a prediction.") from None

@@ -1,0 +1,237 @@
+"""The frontend's backend client against real HTTP servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from frontend.auth import TokenError
+from frontend.client import (
+    BackendAuthError,
+    BackendClient,
+    BackendFailed,
+    BackendNotReady,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+)
+from tests.frontend_servers import Reply, ScriptedServer, error_reply, json_reply
+
+PREDICTION = {
+    "model": "resnet18",
+    "category": "tabby",
+    "predictions": [
+        {"label": "tabby", "index": 281, "probability": 0.7},
+        {"label": "tiger cat", "index": 282, "probability": 0.2},
+    ],
+    "timings_ms": {"fetch": 10.0, "total": 42.5},
+}
+
+
+@pytest.fixture
+def backend():
+    with ScriptedServer(
+        {
+            ("GET", "/models"): json_reply(["resnet18", "mobilenet_v3_large"]),
+            ("GET", "/models/resnet18"): json_reply({"id": "resnet18", "untrained": False}),
+            ("POST", "/predict"): json_reply(PREDICTION),
+            ("POST", "/model/mobilenet_v3_large/predict"): json_reply(
+                {**PREDICTION, "model": "mobilenet_v3_large"}
+            ),
+        }
+    ) as server:
+        yield server
+
+
+def serve(reply: Reply, method: str = "POST", path: str = "/predict") -> ScriptedServer:
+    return ScriptedServer({(method, path): reply})
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once closed
+
+
+# --- the routes ---------------------------------------------------------------------------
+
+
+def test_lists_models_and_reads_metadata(backend):
+    client = BackendClient(backend.url)
+    assert client.list_models() == ["resnet18", "mobilenet_v3_large"]
+    assert client.model_info("resnet18") == {"id": "resnet18", "untrained": False}
+
+
+def test_predict_url_sends_the_url_and_the_chosen_model(backend):
+    prediction = BackendClient(backend.url).predict_url(
+        "https://example.com/cat.jpg", model="resnet18", top_k=3
+    )
+    sent = backend.requests[-1]
+    assert (sent.method, sent.path) == ("POST", "/predict")
+    assert json.loads(sent.body) == {
+        "url": "https://example.com/cat.jpg",
+        "model": "resnet18",
+        "top_k": 3,
+    }
+    assert prediction.model == "resnet18"
+    assert prediction.top.label == "tabby"
+    assert [p.probability for p in prediction.labels] == [0.7, 0.2]
+    assert prediction.total_ms == 42.5
+    assert prediction.untrained is False
+
+
+def test_predict_without_a_model_leaves_the_choice_to_the_backend(backend):
+    BackendClient(backend.url).predict_url("https://example.com/cat.jpg")
+    assert "model" not in json.loads(backend.requests[-1].body)
+
+
+def test_predict_image_sends_a_multipart_upload(backend):
+    BackendClient(backend.url).predict_image(
+        b"\xff\xd8jpeg-bytes", filename="cat.jpg", content_type="image/jpeg", model="resnet18"
+    )
+    sent = backend.requests[-1]
+    assert sent.headers["content-type"].startswith("multipart/form-data")
+    assert b'name="image"; filename="cat.jpg"' in sent.body
+    assert b"\xff\xd8jpeg-bytes" in sent.body
+    assert b'name="model"\r\n\r\nresnet18' in sent.body
+
+
+def test_gateway_mode_routes_by_path(backend):
+    client = BackendClient(backend.url, path_routing=True)
+    prediction = client.predict_url("https://example.com/cat.jpg", model="mobilenet_v3_large")
+    sent = backend.requests[-1]
+    assert sent.path == "/model/mobilenet_v3_large/predict"
+    assert "model" not in json.loads(sent.body)
+    assert prediction.model == "mobilenet_v3_large"
+
+
+def test_gateway_mode_needs_a_model(backend):
+    with pytest.raises(ValueError, match="model id"):
+        BackendClient(backend.url, path_routing=True).predict_url("https://example.com/a.jpg")
+    assert backend.requests == []
+
+
+def test_untrained_answers_are_flagged():
+    with serve(json_reply({**PREDICTION, "untrained": True})) as server:
+        assert BackendClient(server.url).predict_url("https://example.com/a.jpg").untrained
+
+
+# --- error mapping ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "url_not_allowed"),
+        (404, "unknown_model"),
+        (413, "payload_too_large"),
+        (415, "unsupported_media"),
+        (422, "undecodable_image"),
+        (502, "upstream_error"),  # the image URL failed: about the user's input
+        (504, "upstream_timeout"),
+    ],
+)
+def test_the_backends_own_message_is_kept_for_client_mistakes(status, code):
+    message = f"the backend explains {code}"
+    with serve(error_reply(status, code, message)) as server:
+        with pytest.raises(BackendRejected) as caught:
+            BackendClient(server.url).predict_url("https://example.com/a.jpg")
+    assert str(caught.value) == message
+    assert (caught.value.status, caught.value.code) == (status, code)
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "text"),
+    [
+        (error_reply(503, "not_ready", "loading resnet18"), BackendNotReady, "not ready yet"),
+        (error_reply(500, "internal", "inference failed"), BackendFailed, "inference failed"),
+        (Reply(503, b"<html>Service Unavailable</html>", "text/html"), BackendUnavailable, "503"),
+        (Reply(429, b"Rate exceeded.", "text/plain"), BackendUnavailable, "429"),
+        (Reply(403, b"<html>Forbidden</html>", "text/html"), BackendAuthError, "private"),
+        (Reply(401, b"", "text/plain"), BackendAuthError, "BACKEND_AUTH"),
+        (Reply(404, b"", "text/plain"), BackendFailed, "SERVING_URL"),
+        (Reply(200, b"<html>hello</html>", "text/html"), BackendFailed, "not JSON"),
+        (json_reply({"model": "resnet18"}), BackendFailed, "not a prediction"),
+        (json_reply({**PREDICTION, "predictions": []}), BackendFailed, "not a prediction"),
+    ],
+)
+def test_other_answers_become_plain_typed_errors(reply, error, text):
+    with serve(reply) as server:
+        with pytest.raises(error, match=text):
+            BackendClient(server.url).predict_url("https://example.com/a.jpg")
+
+
+def test_a_model_list_that_is_not_ids_is_refused():
+    with serve(json_reply({"models": ["resnet18"]}), "GET", "/models") as server:
+        with pytest.raises(BackendFailed, match="model list"):
+            BackendClient(server.url).list_models()
+
+
+def test_an_oversized_answer_is_cut_off():
+    with serve(json_reply(["x" * 5000])) as server:
+        with pytest.raises(BackendFailed, match="larger"):
+            BackendClient(server.url, max_response_bytes=1000).predict_url("https://e.com/a")
+
+
+def test_a_backend_that_is_down_is_unavailable():
+    url = closed_port_url()
+    with pytest.raises(BackendUnavailable, match="Cannot reach the backend") as caught:
+        BackendClient(url).list_models()
+    assert url in str(caught.value)
+
+
+def test_a_silent_backend_times_out_at_the_deadline():
+    with serve(json_reply(PREDICTION, delay_s=5)) as server:
+        start = time.monotonic()
+        with pytest.raises(BackendTimeout, match=r"within 0\.5 s"):
+            BackendClient(server.url, timeout_s=0.5).predict_url("https://example.com/a.jpg")
+    assert time.monotonic() - start < 3
+
+
+def test_an_answer_that_keeps_trickling_is_cut_at_the_total_deadline():
+    # Each piece comes well within the read timeout; only a total deadline stops it.
+    with serve(json_reply(PREDICTION, delay_s=0.3, trickle=20)) as server:
+        start = time.monotonic()
+        with pytest.raises(BackendTimeout):
+            BackendClient(server.url, timeout_s=1.0).predict_url("https://example.com/a.jpg")
+    assert time.monotonic() - start < 3
+
+
+# --- ID tokens ----------------------------------------------------------------------------
+
+
+def test_no_authorization_header_without_a_token_source(backend):
+    BackendClient(backend.url).list_models()
+    assert "authorization" not in backend.requests[-1].headers
+
+
+def test_an_id_token_for_the_backends_url_goes_with_every_call(backend):
+    audiences = []
+
+    def tokens(audience: str) -> str:
+        audiences.append(audience)
+        return "token-123"
+
+    client = BackendClient(backend.url + "/", token_source=tokens)
+    client.list_models()
+    client.predict_url("https://example.com/a.jpg")
+    assert [r.headers["authorization"] for r in backend.requests] == ["Bearer token-123"] * 2
+    assert audiences == [backend.url] * 2  # Cloud Run wants the service URL, no trailing "/"
+
+
+def test_the_audience_can_be_set(backend):
+    client = BackendClient(backend.url, token_source=lambda aud: f"for:{aud}", audience="https://b")
+    client.list_models()
+    assert backend.requests[-1].headers["authorization"] == "Bearer for:https://b"
+
+
+def test_no_token_means_no_call_and_a_clear_message(backend):
+    def no_token(audience: str) -> str:
+        raise TokenError("no credentials found")
+
+    with pytest.raises(BackendAuthError, match="ID token.*no credentials found"):
+        BackendClient(backend.url, token_source=no_token).list_models()
+    assert backend.requests == []
