@@ -344,7 +344,10 @@ def test_deploy_frontend_points_at_the_deployed_backend(gcloud, version):
     assert deploy[2] == f"frontend-{version}"
     assert flag(deploy, "image") == f"{REGISTRY}/frontend_{version}:{LATEST_BUILD}"
     assert flag(deploy, "port") == "8080"
-    assert env_vars(deploy) == {"SERVING_URL": f"https://backend-{version}-abc123-nn.a.run.app"}
+    assert env_vars(deploy) == {
+        "SERVING_URL": f"https://backend-{version}-abc123-nn.a.run.app",
+        "FRONTEND_MODE": version,
+    }
     assert "httpGet.path=/_stcore/health" in flag(deploy, "startup-probe")
     assert "--cpu-boost" in deploy
     assert "--session-affinity" in deploy
@@ -367,6 +370,7 @@ def test_deploy_frontend_private_runs_as_the_only_invoker_of_the_backend(gcloud)
     assert flag(deploy, "service-account") == FRONTEND_ACCOUNT
     assert env_vars(deploy) == {
         "SERVING_URL": "https://backend-v2-abc123-nn.a.run.app",
+        "FRONTEND_MODE": "v2",
         "BACKEND_AUTH": "id_token",
     }
     # The page itself stays public; only the backend is private.

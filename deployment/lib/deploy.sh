@@ -92,7 +92,8 @@ deploy_frontend() {
     --format='value(status.url)'
   [[ -n "${backend_url}" ]] || die "service ${backend} has no URL: deploy it first (deploy_backend_${version}.sh)"
 
-  local env=("SERVING_URL=${backend_url}") identity=()
+  # The page's mode is explicit (the frontend could also infer it from the backend's models).
+  local env=("SERVING_URL=${backend_url}" "FRONTEND_MODE=${version}") identity=()
   if [[ "${private}" == true ]]; then
     require_config FRONTEND_SERVICE_ACCOUNT
     local account="${FRONTEND_SERVICE_ACCOUNT}@${PROJECT_ID}.iam.gserviceaccount.com"

@@ -1,0 +1,298 @@
+"""The real images, built with podman from the project's Dockerfiles and run (marker `container`).
+
+Local substitutes stand in for what this machine cannot reach (shared/containers.md): a
+debootstrap Python image for python:3.11-slim, pip's default index for the PyTorch CPU index
+(CUDA wheels that run on a CPU: a ~5 GB backend base), and the tests' weights origin on
+127.0.0.1 with its own catalog for torchvision's file host. The first run installs podman and
+builds the torch layers (many minutes); podman keeps the layers, so later runs take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests import containers
+
+pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3600)]
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = uuid.uuid4().hex[:8]
+FRONTEND_BASE = f"localhost/baked-vision-frontend-base:{RUN_ID}"
+FRONTEND = f"localhost/baked-vision-frontend:{RUN_ID}"
+BACKEND_BASE = f"localhost/baked-vision-backend-base:{RUN_ID}"
+BACKEND = f"localhost/baked-vision-backend:{RUN_ID}"
+# Where the test catalog lands inside the image: the base copies weights/ to /app/weights.
+TEST_CATALOG = "weights/test-catalog.toml"
+
+
+def remove_images(*references: str) -> None:
+    for reference in references:
+        containers.podman("rmi", "--force", reference, check=False)
+
+
+@pytest.fixture(scope="session")
+def python_image() -> str:
+    try:
+        return containers.ensure_python_base()
+    except containers.ContainerToolsUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def frontend_images(python_image):
+    """The frontend base and code images, built from the repository itself."""
+    _, base_seconds = containers.build(
+        "docker/frontend-base.Dockerfile", FRONTEND_BASE, build_args={"PYTHON_IMAGE": python_image}
+    )
+    _, code_seconds = containers.build(
+        "docker/frontend.Dockerfile", FRONTEND, build_args={"BASE_IMAGE_URI": FRONTEND_BASE}
+    )
+    print(f"\nfrontend base built in {base_seconds:.1f}s, code image in {code_seconds:.1f}s")
+    yield FRONTEND_BASE, FRONTEND
+    remove_images(FRONTEND, FRONTEND_BASE)
+
+
+@pytest.fixture(scope="session")
+def backend_context(tmp_path_factory, weights_origin) -> Path:
+    """A build context like the repository's, plus a catalog naming the local weights origin."""
+    context = containers.copy_context(
+        tmp_path_factory.mktemp("backend-context"), ["docker", "weights", "backend"]
+    )
+    shutil.copy2(weights_origin.catalog_path, context / TEST_CATALOG)
+    return context
+
+
+def build_backend_base(context: Path, python_image: str):
+    return containers.build(
+        "docker/backend-base.Dockerfile",
+        BACKEND_BASE,
+        context=context,
+        build_args={
+            "PYTHON_IMAGE": python_image,
+            "TORCH_INDEX_URL": "",  # the CPU index is out of reach here: pip's default index
+            "MODELS": "resnet18",
+            "WEIGHTS_CATALOG": f"/app/{TEST_CATALOG}",
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def backend_base(backend_context, python_image):
+    _, seconds = build_backend_base(backend_context, python_image)
+    print(
+        f"\nbackend base built in {seconds:.1f}s "
+        f"({containers.image_size_mb(BACKEND_BASE):.0f} MB, torch from pip's default index)"
+    )
+    yield BACKEND_BASE
+    remove_images(BACKEND, BACKEND_BASE)
+
+
+def build_backend(context: Path) -> float:
+    _, seconds = containers.build(
+        "docker/backend.Dockerfile",
+        BACKEND,
+        context=context,
+        build_args={"BASE_IMAGE_URI": BACKEND_BASE},
+    )
+    return seconds
+
+
+# --- talking to a container that has no network ---------------------------------------------
+
+PROBE = """
+import json, sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen("http://127.0.0.1:8080" + sys.argv[1], timeout=5) as r:
+        print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"""
+
+PREDICT = """
+import io, json, urllib.request, uuid
+from PIL import Image
+buffer = io.BytesIO()
+Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="PNG")
+boundary = uuid.uuid4().hex
+body = (
+    f"--{boundary}\\r\\n"
+    'Content-Disposition: form-data; name="image"; filename="r.png"\\r\\n'
+    "Content-Type: image/png\\r\\n\\r\\n"
+).encode() + buffer.getvalue() + f"\\r\\n--{boundary}--\\r\\n".encode()
+request = urllib.request.Request(
+    "http://127.0.0.1:8080/predict", data=body,
+    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+)
+with urllib.request.urlopen(request, timeout=30) as r:
+    print(r.status, r.read().decode())
+"""
+
+
+def exec_python(container: str, script: str, *args: str) -> tuple[int, str]:
+    """Run a Python script inside a running container; give the status and body it prints."""
+    result = containers.podman("exec", container, "python", "-c", script, *args, check=False)
+    if result.returncode != 0:
+        return 0, result.stderr
+    status, _, body = result.stdout.strip().partition(" ")
+    return int(status), body
+
+
+def wait_for(container: str, path: str, *, deadline: float) -> int:
+    """Poll a path from inside the container until it answers 200 or the deadline passes."""
+    status = 0
+    while time.monotonic() < deadline:
+        status, _ = exec_python(container, PROBE, path)
+        if status == 200:
+            break
+        time.sleep(0.25)
+    return status
+
+
+# --- frontend --------------------------------------------------------------------------------
+
+
+def test_frontend_image_has_no_torch(frontend_images):
+    _, frontend = frontend_images
+    found = containers.run_in(
+        frontend,
+        ["python", "-c", "import importlib.util as u, streamlit; print(u.find_spec('torch'))"],
+    )
+    assert found.strip() == "None"
+    installed = containers.run_in(frontend, ["pip", "list", "--format=freeze"]).lower()
+    assert "streamlit==" in installed
+    assert "torch" not in installed and "nvidia" not in installed
+    assert containers.run_in(frontend, ["id", "-u"]).strip() == "10001"
+    size = containers.image_size_mb(frontend)
+    print(f"\nfrontend image: {size:.0f} MB")
+    assert size < 1000
+
+
+def test_frontend_container_serves_its_page_without_network(frontend_images):
+    _, frontend = frontend_images
+    name = f"baked-vision-frontend-{RUN_ID}"
+    started = time.monotonic()
+    containers.podman(
+        "run", "-d", "--network", "none", "--name", name,
+        "-e", "SERVING_URL=http://127.0.0.1:9", frontend,
+    )  # fmt: skip
+    try:
+        status = wait_for(name, "/_stcore/health", deadline=started + 60)
+        logs = containers.podman("logs", name, check=False)
+        assert status == 200, f"no page:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
+        print(f"\nfrontend: healthy {time.monotonic() - started:.1f}s after `podman run`")
+        status, page = exec_python(name, PROBE, "/")
+        assert status == 200 and "<html" in page.lower()
+    finally:
+        containers.podman("rm", "--force", name, check=False)
+
+
+# --- backend base ----------------------------------------------------------------------------
+
+
+def test_backend_base_bakes_verified_weights_and_runs_offline(backend_base):
+    env = containers.run_in(backend_base, ["env"])
+    settings = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
+    assert settings["HF_HUB_OFFLINE"] == "1"
+    assert settings["WEIGHTS_DIR"] == "/opt/weights"
+    assert settings["MODELS"] == "resnet18"
+    assert settings["WEIGHTS_CATALOG"] == f"/app/{TEST_CATALOG}"
+    # The service's own check, with no network at all.
+    verified = containers.run_in(
+        backend_base, ["python", "-m", "weights", "verify", "--dest", "/opt/weights"]
+    )
+    assert "resnet18: ok" in verified
+    versions = containers.run_in(
+        backend_base,
+        [
+            "python",
+            "-c",
+            "import torch, torchvision; print(torch.__version__, torchvision.__version__)",
+        ],
+    )
+    assert versions.split()[0].startswith("2.13.0") and versions.split()[1].startswith("0.28.0")
+    assert containers.run_in(backend_base, ["id", "-u"]).strip() == "10001"
+    # No pip download cache or CA secret was left in a layer.
+    leftovers = containers.run_in(
+        backend_base, ["sh", "-c", "ls /run/secrets /root/.cache/pip 2>/dev/null | wc -l"]
+    )
+    assert leftovers.strip() == "0"
+
+
+def test_code_change_rebuilds_only_the_code_layers(backend_base, backend_context, python_image):
+    first_seconds = build_backend(backend_context)
+    base_layers = containers.layers(backend_base)
+    first_layers = containers.layers(BACKEND)
+    assert first_layers[: len(base_layers)] == base_layers
+
+    # A code change: the base rebuilds from cache alone, the code image adds new small layers.
+    init = backend_context / "backend" / "__init__.py"
+    init.write_text(init.read_text() + f"# changed by a test {RUN_ID}\n")
+    base_id = containers.image_id(backend_base)
+    _, base_seconds = build_backend_base(backend_context, python_image)
+    assert containers.image_id(backend_base) == base_id
+    second_seconds = build_backend(backend_context)
+    second_layers = containers.layers(BACKEND)
+
+    assert second_layers[: len(base_layers)] == base_layers
+    added = second_layers[len(base_layers) :]
+    assert 1 <= len(added) <= 3
+    assert added != first_layers[len(base_layers) :]
+    print(
+        f"\nbase rebuild (all cached): {base_seconds:.1f}s; code image: {first_seconds:.1f}s, "
+        f"after a code change {second_seconds:.1f}s ({len(added)} new layer(s))"
+    )
+    assert base_seconds < 60
+
+
+# --- backend container -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not (ROOT / "backend" / "gunicorn_conf.py").exists(), reason="the backend is not written yet"
+)
+def test_backend_container_starts_and_serves_without_network(backend_base, backend_context):
+    build_backend(backend_context)
+    name = f"baked-vision-backend-{RUN_ID}"
+    started = time.monotonic()
+    containers.podman("run", "-d", "--network", "none", "--name", name, BACKEND)
+    try:
+        ready_seconds = None
+        deadline = started + 180
+        while time.monotonic() < deadline:
+            status, body = exec_python(name, PROBE, "/readyz")
+            if status == 200:
+                ready_seconds = time.monotonic() - started
+                break
+            time.sleep(0.25)
+        logs = containers.podman("logs", name, check=False)
+        assert ready_seconds is not None, (
+            f"never ready:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
+        )
+        assert "resnet18" in body
+
+        status, body = exec_python(name, PROBE, "/healthz")
+        assert status == 200
+        status, body = exec_python(name, PREDICT)
+        assert status == 200, body
+        answer = json.loads(body)
+        assert answer["model"] == "resnet18"
+        assert len(answer["predictions"]) == 5
+
+        # No --init, as on Cloud Run: the exec-form CMD makes gunicorn PID 1, so it gets
+        # SIGTERM itself and exits well within Cloud Run's 10 s.
+        stop_started = time.monotonic()
+        containers.podman("stop", "--time", "10", name)
+        stop_seconds = time.monotonic() - stop_started
+        print(
+            f"\nbackend: ready {ready_seconds:.1f}s after `podman run`; "
+            f"stopped in {stop_seconds:.1f}s"
+        )
+        assert stop_seconds < 9
+    finally:
+        containers.podman("rm", "--force", name, check=False)
