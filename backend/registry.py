@@ -43,11 +43,23 @@ class ModelRegistry:
             raise WeightsError(
                 f"DEFAULT_MODEL={self.default_id!r} is not among MODELS ({', '.join(self.ids)})"
             )
+        self.listed_ids = self._listed(catalog, settings.listed_models)
         self._models: dict[str, ServedModel] = {}
         self._gate = threading.BoundedSemaphore(settings.inference_concurrency)
         self._ready = threading.Event()
         self.failure: str | None = None
         self._check_baked()
+
+    def _listed(self, catalog: Catalog, listed: str | None) -> list[str]:
+        """GET /models: this service's models, or (v3) every model behind the gateway."""
+        if listed is None:
+            return self.ordered_ids()
+        try:
+            ids = catalog.select(listed)
+        except CatalogError as exc:
+            raise WeightsError(f"LISTED_MODELS={listed!r}: {exc}") from exc
+        first = catalog.default if catalog.default in ids else ids[0]
+        return [first, *[i for i in ids if i != first]]
 
     def _check_baked(self) -> None:
         """Cheap checks before the server starts: every model baked, present, allowed."""
@@ -136,12 +148,18 @@ class ModelRegistry:
     def get(self, model_id: str | None) -> ServedModel:
         model_id = model_id or self.default_id
         if model_id not in self.ids:
-            raise UnknownModel(
-                f"unknown model {model_id!r}; this service has: {', '.join(self.ordered_ids())}"
-            )
+            raise self._unknown(model_id)
         if not self.ready:
             raise NotReady(self.status_message())
         return self._models[model_id]
+
+    def _unknown(self, model_id: str) -> UnknownModel:
+        if model_id in self.listed_ids:
+            return UnknownModel(
+                f"model {model_id!r} has its own service behind the gateway; this one serves "
+                f"{', '.join(self.ids)} (call /model/{model_id}/predict on the gateway)"
+            )
+        return UnknownModel(f"unknown model {model_id!r}; valid ids: {', '.join(self.listed_ids)}")
 
     def status_message(self) -> str:
         if self.failure:
@@ -151,9 +169,7 @@ class ModelRegistry:
     def describe(self, model_id: str) -> dict:
         """Metadata of one served model (from the lock and torchvision's metadata)."""
         if model_id not in self.ids:
-            raise UnknownModel(
-                f"unknown model {model_id!r}; this service has: {', '.join(self.ordered_ids())}"
-            )
+            raise self._unknown(model_id)
         record = self.records[model_id]
         facts = record.model_entry().metadata()
         facts.update(

@@ -41,7 +41,7 @@ def hello():
 
 @api.get("/models")
 def models():
-    return jsonify(_registry().ordered_ids())
+    return jsonify(_registry().listed_ids)
 
 
 @api.get("/models/<model_id>")

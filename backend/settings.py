@@ -31,6 +31,9 @@ class Settings:
     weights_dir: Path = Path("/opt/weights")
     models: str = "v1"  # a set (v1, v2) or comma-separated ids
     default_model: str | None = None  # None: the catalog's default if served, else the first
+    # v3: what GET /models lists when this service is one of several behind the gateway
+    # (a set or ids); None: the models this service serves.
+    listed_models: str | None = None
     catalog_path: Path | None = None  # None: $WEIGHTS_CATALOG or the built-in catalog
     allow_untrained: bool = False  # only the local run command serves demo weights
     background_load: bool = False  # load after the server is up; /readyz tells when done
@@ -56,6 +59,7 @@ class Settings:
             weights_dir=Path(reader.text("WEIGHTS_DIR", str(cls.weights_dir))),
             models=reader.text("MODELS", cls.models),
             default_model=reader.text("DEFAULT_MODEL", "") or None,
+            listed_models=reader.text("LISTED_MODELS", "") or None,
             catalog_path=Path(p) if (p := reader.text("WEIGHTS_CATALOG", "")) else None,
             allow_untrained=reader.flag("ALLOW_UNTRAINED_WEIGHTS", False),
             background_load=reader.flag("BACKGROUND_LOAD", False),

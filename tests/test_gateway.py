@@ -1,0 +1,144 @@
+"""v3: the gateway spec for Google API Gateway, and the local stack behind nginx."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from openapi_spec_validator import validate
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+
+from tests.upstream import PNG_BYTES
+from weights.catalog import load_catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "deployment"))
+
+import gateway  # noqa: E402
+import local_v3  # noqa: E402
+
+V2 = load_catalog().select("v2")
+URLS = {m: f"https://{m.replace('_', '-')}-abc123-nn.a.run.app" for m in V2}
+
+
+def test_spec_is_valid_swagger_2_and_routes_every_model():
+    spec = gateway.openapi_spec(URLS, "resnet152")
+    validate(spec)  # raises on an invalid document
+    assert spec["swagger"] == "2.0"
+    for model_id, url in URLS.items():
+        for path, method in [
+            (f"/model/{model_id}/predict", "post"),
+            (f"/models/{model_id}", "get"),
+        ]:
+            backend = spec["paths"][path][method]["x-google-backend"]
+            assert backend == {
+                "address": url,
+                "path_translation": "APPEND_PATH_TO_ADDRESS",
+                "deadline": gateway.DEADLINE_S,
+            }
+    assert spec["paths"]["/models"]["get"]["x-google-backend"]["address"] == URLS["resnet152"]
+    operation_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
+    assert len(operation_ids) == len(set(operation_ids)) == 1 + 2 * len(V2)
+
+
+def test_validator_would_catch_a_broken_spec():
+    spec = gateway.openapi_spec(URLS, "resnet152")
+    del spec["paths"]["/models"]["get"]["responses"]
+    with pytest.raises(OpenAPIValidationError):
+        validate(spec)
+
+
+@pytest.mark.parametrize(
+    ("routes", "default", "complaint"),
+    [
+        ({}, "x", "no routes"),
+        ({"resnet18": "ftp://x"}, "resnet18", "bare http"),
+        ({"resnet18": "https://x.run.app/some/path"}, "resnet18", "bare http"),
+        ({"Bad Id": "https://x.run.app"}, "Bad Id", "lowercase"),
+        ({"resnet18": "https://x.run.app"}, "vgg16", "no route"),
+    ],
+)
+def test_bad_routes_are_refused(routes, default, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        gateway.openapi_spec(routes, default)
+
+
+def test_cli_writes_json_spec():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "deployment/gateway.py",
+            "openapi",
+            "--title",
+            "t",
+            "--route",
+            f"resnet152={URLS['resnet152']}",
+            "--route",
+            f"vgg16={URLS['vgg16']}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    spec = json.loads(result.stdout)
+    validate(spec)
+    assert set(spec["paths"]) == {
+        "/models",
+        "/models/resnet152",
+        "/model/resnet152/predict",
+        "/models/vgg16",
+        "/model/vgg16/predict",
+    }
+
+
+def test_cli_usage_errors_exit_2():
+    result = subprocess.run(
+        [sys.executable, "deployment/gateway.py", "nginx", "--route", "resnet18"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "ID=URL" in result.stderr
+
+
+@pytest.mark.slow
+def test_local_v3_routes_each_model_to_its_own_service(baked_dir, weights_origin, tmp_path):
+    with local_v3.run_local_v3(
+        weights_dir=baked_dir,
+        models="resnet18,mobilenet_v3_large",
+        work_dir=tmp_path,
+        catalog_path=weights_origin.catalog_path,
+    ) as stack:
+        gw = stack.gateway_url
+        assert requests.get(f"{gw}/models", timeout=10).json() == [
+            "resnet18",
+            "mobilenet_v3_large",
+        ]
+        for model_id in ["resnet18", "mobilenet_v3_large"]:
+            response = requests.post(
+                f"{gw}/model/{model_id}/predict",
+                files={"image": ("x.png", PNG_BYTES, "image/png")},
+                timeout=60,
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["model"] == model_id
+            # each backend serves only its own model
+            own = requests.get(f"{stack.backends[model_id]}/readyz", timeout=5).json()
+            assert own["models"] == [model_id]
+            assert requests.get(f"{gw}/models/{model_id}", timeout=10).json()["id"] == model_id
+
+        unknown = requests.post(
+            f"{gw}/model/vgg16/predict", files={"image": ("x.png", PNG_BYTES)}, timeout=10
+        )
+        assert unknown.status_code == 404
+        assert unknown.headers["Content-Type"].startswith("application/json")
+        assert unknown.json()["error"]["code"] == "not_found"
+
+        backend_error = requests.post(f"{gw}/model/resnet18/predict", json={"url": ""}, timeout=10)
+        assert backend_error.status_code == 400  # the backend's own JSON error, passed through
+        assert backend_error.json()["error"]["code"] == "bad_request"
