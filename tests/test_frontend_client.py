@@ -136,9 +136,11 @@ def test_untrained_answers_are_flagged():
 )
 def test_the_backends_own_message_is_kept_for_client_mistakes(status, code):
     message = f"the backend explains {code}"
-    with serve(error_reply(status, code, message)) as server:
-        with pytest.raises(BackendRejected) as caught:
-            BackendClient(server.url).predict_url("https://example.com/a.jpg")
+    with (
+        serve(error_reply(status, code, message)) as server,
+        pytest.raises(BackendRejected) as caught,
+    ):
+        BackendClient(server.url).predict_url("https://example.com/a.jpg")
     assert str(caught.value) == message
     assert (caught.value.status, caught.value.code) == (status, code)
 
@@ -159,21 +161,19 @@ def test_the_backends_own_message_is_kept_for_client_mistakes(status, code):
     ],
 )
 def test_other_answers_become_plain_typed_errors(reply, error, text):
-    with serve(reply) as server:
-        with pytest.raises(error, match=text):
-            BackendClient(server.url).predict_url("https://example.com/a.jpg")
+    with serve(reply) as server, pytest.raises(error, match=text):
+        BackendClient(server.url).predict_url("https://example.com/a.jpg")
 
 
 def test_a_model_list_that_is_not_ids_is_refused():
-    with serve(json_reply({"models": ["resnet18"]}), "GET", "/models") as server:
-        with pytest.raises(BackendFailed, match="model list"):
-            BackendClient(server.url).list_models()
+    reply = json_reply({"models": ["resnet18"]})
+    with serve(reply, "GET", "/models") as server, pytest.raises(BackendFailed, match="list"):
+        BackendClient(server.url).list_models()
 
 
 def test_an_oversized_answer_is_cut_off():
-    with serve(json_reply(["x" * 5000])) as server:
-        with pytest.raises(BackendFailed, match="larger"):
-            BackendClient(server.url, max_response_bytes=1000).predict_url("https://e.com/a")
+    with serve(json_reply(["x" * 5000])) as server, pytest.raises(BackendFailed, match="larger"):
+        BackendClient(server.url, max_response_bytes=1000).predict_url("https://e.com/a")
 
 
 def test_a_backend_that_is_down_is_unavailable():
@@ -232,6 +232,6 @@ def test_no_token_means_no_call_and_a_clear_message(backend):
     def no_token(audience: str) -> str:
         raise TokenError("no credentials found")
 
-    with pytest.raises(BackendAuthError, match="ID token.*no credentials found"):
+    with pytest.raises(BackendAuthError, match=r"ID token.*no credentials found"):
         BackendClient(backend.url, token_source=no_token).list_models()
     assert backend.requests == []

@@ -1,0 +1,79 @@
+"""How a prediction and a model's metadata are put into words and a chart (no Streamlit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+from frontend.client import Prediction
+
+CHART_ROWS = 5
+# Below this probability the top label is a guess, and the sentence says so.
+CONFIDENT = 0.2
+
+UNTRAINED_NOTE = (
+    "Untrained demo weights: this model's weights are random (the real ones could not be "
+    "downloaded where the backend runs), so its predictions are meaningless."
+)
+
+
+def headline(prediction: Prediction) -> str:
+    """The top prediction as a sentence (Markdown)."""
+    top = prediction.top
+    if top.probability >= CONFIDENT:
+        return f"This looks like **{top.label}** ({percent(top.probability)} probability)."
+    return (
+        f"Best guess: **{top.label}**, but the model is unsure "
+        f"({percent(top.probability)} probability)."
+    )
+
+
+def provenance(prediction: Prediction, round_trip_ms: float) -> str:
+    """Which model answered and how long it took."""
+    parts = [f"Model: `{prediction.model}`"]
+    if prediction.total_ms is not None:
+        parts.append(f"{duration(prediction.total_ms)} on the backend")
+    parts.append(f"{duration(round_trip_ms)} round trip")
+    return " · ".join(parts)
+
+
+def top_frame(prediction: Prediction, rows: int = CHART_ROWS) -> pd.DataFrame:
+    """The best `rows` labels and their probabilities, best first."""
+    return pd.DataFrame(
+        {
+            "label": [p.label for p in prediction.labels[:rows]],
+            "probability": [p.probability for p in prediction.labels[:rows]],
+        }
+    )
+
+
+def top_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Horizontal bars, best on top, each labelled with its percentage."""
+    # Sorted by the frame's order, not alphabetically (Vega-Lite's default for a nominal axis).
+    y = alt.Y("label:N", sort=None, title=None, axis=alt.Axis(labelLimit=260))
+    x = alt.X("probability:Q", title="probability", axis=alt.Axis(format="%"))
+    bars = alt.Chart(frame).mark_bar().encode(x=x, y=y, tooltip=["label", "probability"])
+    text = bars.mark_text(align="left", dx=4).encode(text=alt.Text("probability:Q", format=".1%"))
+    return bars + text
+
+
+def model_caption(info: dict[str, Any]) -> str:
+    """One line about a model: architecture, size and accuracy, from GET /models/<id>."""
+    parts = [f"`{info.get('id', '?')}`"]
+    if architecture := info.get("architecture"):
+        parts.append(f"{architecture} architecture")
+    if isinstance(params := info.get("parameters"), int | float):
+        parts.append(f"{params / 1e6:.1f} M parameters")
+    if isinstance(acc1 := info.get("imagenet_acc1"), int | float):
+        parts.append(f"{acc1:.1f} % top-1 on ImageNet (with its trained weights)")
+    return " · ".join(parts)
+
+
+def percent(probability: float) -> str:
+    return f"{probability:.1%}"
+
+
+def duration(ms: float) -> str:
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"

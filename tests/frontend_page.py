@@ -1,0 +1,70 @@
+"""Driving the Streamlit page with AppTest, finding widgets by key, as a user would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit import dataframe_util
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "frontend" / "app.py")
+CONFIG_VARS = (
+    "SERVING_URL",
+    "API_GATEWAY",
+    "FRONTEND_MODE",
+    "BACKEND_AUTH",
+    "BACKEND_AUDIENCE",
+    "BACKEND_TIMEOUT_S",
+    "BACKEND_CONNECT_TIMEOUT_S",
+)
+
+
+def reset_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No configuration from the host's environment, and empty Streamlit caches."""
+    for name in CONFIG_VARS:
+        monkeypatch.delenv(name, raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def open_page() -> AppTest:
+    """A new browser session on the page (configured by the environment), first run done."""
+    return AppTest.from_file(APP, default_timeout=60).run()
+
+
+def classify_url(at: AppTest, url: str) -> AppTest:
+    at.text_input(key="url").input(url)
+    return at.button(key="classify_url").click().run()
+
+
+def classify_upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
+    at.file_uploader(key="upload").set_value((name, data, mime))
+    at.run()
+    return at.button(key="classify_upload").click().run()
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def chart_rows(at: AppTest) -> list[tuple[str, float]]:
+    """(label, probability) rows of the top-k chart, in the order drawn."""
+    (chart,) = at.get("vega_lite_chart")
+    (dataset,) = chart.proto.datasets
+    frame = dataframe_util.convert_arrow_bytes_to_pandas_df(dataset.data.data)
+    return list(zip(frame["label"], frame["probability"], strict=True))
+
+
+def shown_model(at: AppTest) -> str | None:
+    """The model named in the result's caption ("Model: `id` · ...")."""
+    for caption in texts(at.caption):
+        if caption.startswith("Model: `"):
+            return caption.split("`")[1]
+    return None
+
+
+def shown_images(at: AppTest) -> list:
+    """What each image element shows (a list of URLs or media URLs per element)."""
+    return [image.value for image in at.get("image")]

@@ -1,0 +1,274 @@
+"""The page's states against stand-in backends on 127.0.0.1: config, bad input, errors, labels.
+
+The flows against the real backend are in test_frontend_flows.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from tests.frontend_page import (
+    chart_rows,
+    classify_upload,
+    classify_url,
+    open_page,
+    reset_page,
+    shown_images,
+    shown_model,
+    texts,
+)
+from tests.frontend_servers import JPEG, Reply, ScriptedServer, error_reply, json_reply
+
+IMAGE_URL = "https://images.example.com/cat.jpg"
+PREDICTION = {
+    "model": "resnet152",
+    "category": "tabby",
+    "predictions": [
+        {"label": label, "index": i, "probability": p}
+        for i, (label, p) in enumerate(
+            [
+                ("tabby", 0.61),
+                ("tiger cat", 0.2),
+                ("Egyptian cat", 0.1),
+                ("lynx", 0.05),
+                ("Persian cat", 0.02),
+                ("space heater", 0.01),
+            ]
+        )
+    ],
+    "timings_ms": {"fetch": 100.0, "total": 250.0},
+}
+META = {"id": "resnet152", "architecture": "resnet152", "parameters": 60192808, "untrained": False}
+UNTRAINED = "Untrained demo weights"
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch):
+    reset_page(monkeypatch)
+
+
+def stub_backend(**replies: Reply) -> ScriptedServer:
+    """One model, resnet152; `predict=...` / `models=...` / `meta=...` replace its answers."""
+    return ScriptedServer(
+        {
+            ("GET", "/models"): replies.get("models", json_reply(["resnet152"])),
+            ("GET", "/models/resnet152"): replies.get("meta", json_reply(META)),
+            ("POST", "/predict"): replies.get("predict", json_reply(PREDICTION)),
+        }
+    )
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def test_without_serving_url_the_page_says_what_to_set():
+    at = open_page()
+    assert not at.exception
+    assert any("not configured" in e and "SERVING_URL" in e for e in texts(at.error))
+    assert not at.text_input  # nothing to use until configured
+
+
+def test_v3_without_api_gateway_names_api_gateway(monkeypatch):
+    monkeypatch.setenv("FRONTEND_MODE", "v3")
+    at = open_page()
+    assert not at.exception
+    assert any("API_GATEWAY" in e for e in texts(at.error))
+
+
+def test_a_wrong_mode_is_named(monkeypatch):
+    monkeypatch.setenv("SERVING_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("FRONTEND_MODE", "v4")
+    at = open_page()
+    assert not at.exception
+    assert any("FRONTEND_MODE='v4'" in e for e in texts(at.error))
+
+
+# --- a working stand-in backend ------------------------------------------------------------
+
+
+def test_a_prediction_shows_sentence_model_time_image_and_top5_chart(monkeypatch):
+    with stub_backend() as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = classify_url(open_page(), IMAGE_URL)
+    assert not at.exception
+    assert not at.error
+    assert "This looks like **tabby** (61.0% probability)." in texts(at.markdown)
+    assert shown_model(at) == "resnet152"
+    assert any("250 ms on the backend" in c for c in texts(at.caption))
+    assert shown_images(at) == [[IMAGE_URL]]  # the browser loads it itself
+    assert chart_rows(at) == [
+        ("tabby", 0.61),
+        ("tiger cat", 0.2),
+        ("Egyptian cat", 0.1),
+        ("lynx", 0.05),
+        ("Persian cat", 0.02),
+    ]
+    assert not any(UNTRAINED in w for w in texts(at.warning))
+
+
+def test_an_unsure_top_prediction_is_called_a_guess(monkeypatch):
+    unsure = {**PREDICTION, "predictions": [{"label": "lynx", "index": 1, "probability": 0.04}]}
+    with stub_backend(predict=json_reply(unsure)) as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = classify_url(open_page(), IMAGE_URL)
+    assert "Best guess: **lynx**, but the model is unsure (4.0% probability)." in texts(at.markdown)
+
+
+def test_the_result_stays_when_the_page_reruns(monkeypatch):
+    with stub_backend() as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = classify_url(open_page(), IMAGE_URL)
+        at.run()
+    assert shown_model(at) == "resnet152"
+    assert len(backend.paths("POST")) == 1  # a rerun shows the result, it does not resend
+
+
+def test_an_upload_is_sent_as_the_image_file(monkeypatch):
+    with stub_backend() as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = classify_upload(open_page(), "sky.jpg", JPEG, "image/jpeg")
+        (sent,) = [r for r in backend.requests if r.method == "POST"]
+    assert not at.exception
+    assert JPEG in sent.body and b'filename="sky.jpg"' in sent.body
+    assert shown_model(at) == "resnet152"
+
+
+def test_untrained_demo_weights_are_labelled_in_metadata_and_result(monkeypatch):
+    with stub_backend(
+        meta=json_reply({**META, "untrained": True}),
+        predict=json_reply({**PREDICTION, "untrained": True}),
+    ) as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = open_page()
+        assert [UNTRAINED in w for w in texts(at.warning)] == [True]  # before any request
+        at = classify_url(at, IMAGE_URL)
+    assert [UNTRAINED in w for w in texts(at.warning)] == [True, True]  # and on the answer
+
+
+def test_an_untrained_answer_is_labelled_even_without_metadata(monkeypatch):
+    with stub_backend(
+        meta=Reply(404), predict=json_reply({**PREDICTION, "untrained": True})
+    ) as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = classify_url(open_page(), IMAGE_URL)
+    assert not at.exception
+    assert any(UNTRAINED in w for w in texts(at.warning))
+
+
+# --- input refused before sending -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("", "Enter the URL of an image"),
+        ("   ", "Enter the URL of an image"),
+        ("ftp://example.com/cat.jpg", "must start with http:// or https://"),
+        ("javascript:alert(1)", "must start with http:// or https://"),
+        ("cat.jpg", "must start with http:// or https://"),
+        ("https:///cat.jpg", "no host name"),
+        ("https://example.com/a cat.jpg", "cannot contain spaces"),
+        ("https://example.com/" + "a" * 2100, "too long"),
+    ],
+)
+def test_a_bad_url_is_refused_before_sending(monkeypatch, url, message):
+    with stub_backend() as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = classify_url(open_page(), url)
+    assert not at.exception
+    assert any(message in w for w in texts(at.warning))
+    assert backend.paths("POST") == []
+    assert shown_model(at) is None
+
+
+# --- the backend says no, is down or is slow -----------------------------------------------
+
+
+def test_a_4xx_shows_the_backends_own_message(monkeypatch):
+    message = "only public http(s) addresses are allowed: 10.0.0.1 is private"
+    with stub_backend(predict=error_reply(400, "url_not_allowed", message)) as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = classify_url(open_page(), "http://10.0.0.1/cat.jpg")
+    assert not at.exception
+    assert texts(at.error) == [message]
+    assert shown_model(at) is None
+
+
+def test_a_backend_that_is_down_gets_a_plain_message(monkeypatch):
+    monkeypatch.setenv("SERVING_URL", closed_port_url())
+    at = open_page()
+    assert not at.exception
+    assert any("Cannot reach the backend" in e for e in texts(at.error))
+    at = classify_url(at, IMAGE_URL)  # trying anyway does not break the page
+    assert not at.exception
+    assert sum("Cannot reach the backend" in e for e in texts(at.error)) == 2
+
+
+def test_a_slow_backend_gets_a_plain_message(monkeypatch):
+    with stub_backend(predict=json_reply(PREDICTION, delay_s=3)) as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        monkeypatch.setenv("BACKEND_TIMEOUT_S", "0.5")
+        at = classify_url(open_page(), IMAGE_URL)
+    assert not at.exception
+    assert any("did not answer within 0.5 s" in e for e in texts(at.error))
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (error_reply(503, "not_ready", "still loading resnet152"), "not ready yet"),
+        (Reply(503, b"<html>Service Unavailable</html>", "text/html"), "unavailable right now"),
+        (Reply(403, b"<html>Forbidden</html>", "text/html"), "refused this page"),
+        (Reply(200, b"<html>a login page</html>", "text/html"), "not JSON"),
+    ],
+)
+def test_other_failures_get_plain_messages(monkeypatch, reply, message):
+    with stub_backend(predict=reply) as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = classify_url(open_page(), IMAGE_URL)
+    assert not at.exception
+    assert any(message in e for e in texts(at.error))
+
+
+# --- ID tokens ---------------------------------------------------------------------------------
+
+
+def test_with_id_token_auth_a_missing_credential_is_explained(monkeypatch, tmp_path):
+    # google-auth finds no credentials: not on Cloud Run, and a key file that does not exist.
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # never the real metadata server
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    with stub_backend() as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        monkeypatch.setenv("BACKEND_AUTH", "id_token")
+        at = open_page()
+        assert not at.exception
+        assert any("could not get a Google ID token" in e for e in texts(at.error))
+        assert backend.requests == []  # nothing goes out without the token
+
+
+def test_the_model_list_is_cached_between_reruns(monkeypatch):
+    with stub_backend() as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = open_page()
+        at.run()
+        open_page()  # another session of the same process
+    assert backend.paths("GET").count("/models") == 1
+
+
+def test_the_prediction_request_body(monkeypatch):
+    with stub_backend() as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        classify_url(open_page(), f"  {IMAGE_URL} ")
+        (sent,) = [r for r in backend.requests if r.method == "POST"]
+    # One model: v1 leaves the choice to the backend's default; the URL is sent trimmed.
+    assert json.loads(sent.body) == {"url": IMAGE_URL, "top_k": 5}
