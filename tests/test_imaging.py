@@ -1,0 +1,352 @@
+"""decode_image against the image cases of bad-inputs.md."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageFile
+
+from backend.errors import (
+    ApiError,
+    BadRequest,
+    PayloadTooLarge,
+    UndecodableImage,
+    UnsupportedMedia,
+)
+from backend.imaging import ImagePolicy, decode_image, is_image_content_type
+
+POLICY = ImagePolicy()
+WHITE = (255, 255, 255)
+RED = (255, 0, 0)
+BLUE = (0, 0, 255)
+
+
+def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def close_to(actual: tuple[int, ...], expected: tuple[int, ...], tolerance: int = 12) -> bool:
+    return all(abs(a - e) <= tolerance for a, e in zip(actual, expected, strict=True))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, followed by almost no pixel data."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1024)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+# --- formats ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP"])
+def test_allowed_formats_decode_to_rgb(fmt: str) -> None:
+    image = decode_image(encode(Image.new("RGB", (40, 30), RED), fmt), POLICY)
+    assert image.mode == "RGB"
+    assert image.size == (40, 30)
+    assert close_to(image.getpixel((20, 15)), RED, tolerance=40)
+
+
+@pytest.mark.parametrize("data", [b"", bytearray()])
+def test_empty_upload_is_a_bad_request(data: bytes) -> None:
+    with pytest.raises(BadRequest) as caught:
+        decode_image(data, POLICY)
+    assert caught.value.status == 400
+
+
+def test_non_bytes_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest):
+        decode_image("not bytes", POLICY)  # type: ignore[arg-type]
+
+
+UNSUPPORTED = {
+    "text": b"just some words, no pixels",
+    "html": b"<!DOCTYPE html><html><body><img src=x></body></html>",
+    "svg": b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10"/>',
+    "pdf": b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF",
+    "tiff": encode(Image.new("RGB", (4, 4), RED), "TIFF"),
+    "psd": b"8BPS\x00\x01" + b"\x00" * 6 + b"\x00\x03\x00\x00\x00\x04\x00\x00\x00\x04\x00\x08",
+    "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 4\n",
+    "fits": b"SIMPLE  =                    T".ljust(2880, b" "),
+    "ico": encode(Image.new("RGB", (16, 16), RED), "ICO"),
+}
+
+
+@pytest.mark.parametrize("data", UNSUPPORTED.values(), ids=UNSUPPORTED.keys())
+def test_non_images_and_formats_off_the_allow_list_are_unsupported_media(data: bytes) -> None:
+    with pytest.raises(UnsupportedMedia) as caught:
+        decode_image(data, POLICY)
+    assert caught.value.status == 415
+
+
+def test_allow_list_is_configurable() -> None:
+    jpeg = encode(Image.new("RGB", (8, 8), RED), "JPEG")
+    with pytest.raises(UnsupportedMedia):
+        decode_image(jpeg, ImagePolicy(allowed_formats=frozenset({"PNG"})))
+
+
+def test_policy_rejects_unknown_formats() -> None:
+    with pytest.raises(ValueError, match="JPG"):
+        ImagePolicy(allowed_formats=frozenset({"JPG"}))
+
+
+def test_truncated_jpeg_passes_verify_but_is_undecodable() -> None:
+    photo = Image.effect_noise((256, 256), 64).convert("RGB")
+    truncated = encode(photo, "JPEG", quality=90)[:-2000]
+    Image.open(io.BytesIO(truncated)).verify()  # the trap: verify() finds nothing wrong
+    with pytest.raises(UndecodableImage) as caught:
+        decode_image(truncated, POLICY)
+    assert caught.value.status == 422
+
+
+# --- decompression bombs ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def load_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Record every pixel-data load, to show a refused image was never decoded."""
+    loaded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(self: ImageFile.ImageFile) -> Any:
+        loaded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return loaded
+
+
+@pytest.mark.parametrize("side", [10_000, 40_000])
+def test_huge_png_header_is_refused_before_decoding(
+    side: int, load_spy: list[tuple[int, int]]
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(PayloadTooLarge) as caught:
+            decode_image(png_claiming(side, side), POLICY)
+    assert caught.value.status == 413
+    assert load_spy == []
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+def test_bomb_is_refused_when_warnings_are_errors() -> None:
+    with pytest.raises(PayloadTooLarge):
+        decode_image(png_claiming(10_000, 10_000), POLICY)
+
+
+def test_pixel_limit_is_configurable(load_spy: list[tuple[int, int]]) -> None:
+    png = encode(Image.new("RGB", (100, 100), RED), "PNG")
+    with pytest.raises(PayloadTooLarge):
+        decode_image(png, ImagePolicy(max_pixels=9_999))
+    assert load_spy == []
+    assert decode_image(png, ImagePolicy(max_pixels=10_000)).size == (100, 100)
+
+
+# --- modes become sensible RGB ----------------------------------------------------------------
+
+
+def test_rgba_is_composited_on_white() -> None:
+    image = Image.new("RGBA", (4, 1), (0, 0, 0, 0))
+    image.putpixel((1, 0), (255, 0, 0, 255))
+    image.putpixel((2, 0), (0, 0, 0, 128))
+    decoded = decode_image(encode(image, "PNG"), POLICY)
+    assert decoded.getpixel((0, 0)) == WHITE
+    assert decoded.getpixel((1, 0)) == RED
+    assert close_to(decoded.getpixel((2, 0)), (127, 127, 127), tolerance=2)
+
+
+def test_la_is_composited_on_white() -> None:
+    image = Image.new("LA", (2, 1), (0, 0))
+    image.putpixel((1, 0), (0, 255))
+    decoded = decode_image(encode(image, "PNG"), POLICY)
+    assert decoded.getpixel((0, 0)) == WHITE
+    assert decoded.getpixel((1, 0)) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_transparency_is_white(fmt: str) -> None:
+    image = Image.new("P", (2, 1), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.putpixel((1, 0), 1)
+    decoded = decode_image(encode(image, fmt, transparency=0), POLICY)
+    assert decoded.getpixel((0, 0)) == WHITE
+    assert decoded.getpixel((1, 0)) == RED
+
+
+def test_one_bit_image_is_black_and_white() -> None:
+    image = Image.new("1", (2, 1), 0)
+    image.putpixel((1, 0), 1)
+    decoded = decode_image(encode(image, "PNG"), POLICY)
+    assert [decoded.getpixel((x, 0)) for x in range(2)] == [(0, 0, 0), WHITE]
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    image = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red in CMYK
+    decoded = decode_image(encode(image, "JPEG", quality=95), POLICY)
+    assert decoded.mode == "RGB"
+    assert close_to(decoded.getpixel((4, 4)), RED, tolerance=30)
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped_white() -> None:
+    image = Image.new("I;16", (3, 1))
+    for x, value in enumerate([0, 32_768, 65_535]):
+        image.putpixel((x, 0), value)
+    png = encode(image, "PNG")
+    assert Image.open(io.BytesIO(png)).mode.startswith("I")  # really 16 bits on disk
+    decoded = decode_image(png, POLICY)
+    assert [decoded.getpixel((x, 0))[0] for x in range(3)] == [0, 127, 255]
+
+
+# --- orientation, animation, shapes -----------------------------------------------------------
+
+
+def test_exif_orientation_is_applied() -> None:
+    stored = Image.new("RGB", (40, 20), RED)
+    stored.paste(BLUE, (20, 0, 40, 20))  # left red, right blue as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    decoded = decode_image(encode(stored, "JPEG", exif=exif, quality=95), POLICY)
+    assert decoded.size == (20, 40)
+    assert close_to(decoded.getpixel((10, 5)), RED, tolerance=40)  # stored left is now top
+    assert close_to(decoded.getpixel((10, 35)), BLUE, tolerance=40)
+
+
+CORRUPT_EXIF = {
+    # An orientation tag after an entry whose value points past the block: struct.error.
+    "bad_offset": b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x02\x01\t\x00\x02\x00\x00\x00\x04"
+    b"\x8aam\x00\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\xf6\x00\x00\x00\x00\x00",
+    "truncated": b"Exif\x00\x00MM\x00*garbage",  # Pillow warns "Corrupt EXIF data"
+}
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+@pytest.mark.parametrize("exif", CORRUPT_EXIF.values(), ids=CORRUPT_EXIF.keys())
+def test_corrupt_exif_does_not_cost_the_picture(exif: bytes) -> None:
+    jpeg = encode(Image.new("RGB", (8, 8), RED), "JPEG", exif=exif)
+    assert decode_image(jpeg, POLICY).size == (8, 8)
+
+
+@pytest.mark.filterwarnings("error")
+def test_pillow_warning_turned_error_comes_out_typed() -> None:
+    jpeg = encode(Image.new("RGB", (8, 8), RED), "JPEG", exif=CORRUPT_EXIF["truncated"])
+    with pytest.raises(UndecodableImage):
+        decode_image(jpeg, POLICY)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animation_gives_its_first_frame_without_reading_the_rest(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames = [Image.new("RGB", (16, 16), colour) for colour in (RED, (0, 255, 0), BLUE)]
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
+    plugin = type(Image.open(io.BytesIO(data)))
+    real_seek = plugin.seek
+    seeks: list[int] = []
+
+    def seek(self: Image.Image, frame: int) -> None:
+        seeks.append(frame)
+        real_seek(self, frame)
+
+    monkeypatch.setattr(plugin, "seek", seek)
+    decoded = decode_image(data, POLICY)
+    assert close_to(decoded.getpixel((8, 8)), RED, tolerance=40)
+    assert [frame for frame in seeks if frame > 0] == []
+
+
+def test_one_pixel_image_is_returned() -> None:
+    decoded = decode_image(encode(Image.new("RGB", (1, 1), RED), "PNG"), POLICY)
+    assert decoded.size == (1, 1)
+    assert decoded.getpixel((0, 0)) == RED
+
+
+@pytest.mark.parametrize("size", [(1, 10_000), (10_000, 1)])
+def test_thin_strip_is_undecodable_not_a_crash(size: tuple[int, int]) -> None:
+    with pytest.raises(UndecodableImage) as caught:
+        decode_image(encode(Image.new("RGB", size, RED), "PNG"), POLICY)
+    assert caught.value.status == 422
+
+
+# --- fuzzing ----------------------------------------------------------------------------------
+
+ORIENTED = Image.Exif()
+ORIENTED[0x0112] = 6
+SEEDS = [
+    encode(Image.new("RGB", (12, 9), RED), "JPEG", exif=ORIENTED),
+    encode(Image.new("RGBA", (12, 9), (1, 2, 3, 4)), "PNG"),
+    encode(Image.new("P", (12, 9), 3), "GIF"),
+    encode(Image.new("RGB", (12, 9), BLUE), "WEBP"),
+    encode(Image.new("RGB", (12, 9), BLUE), "BMP"),
+]
+
+
+@st.composite
+def damaged_images(draw: st.DrawFn) -> bytes:
+    """A valid image with some bytes overwritten and maybe cut short: reaches the decoders."""
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 8))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data[: draw(st.integers(1, len(data)))])
+
+
+def assert_image_or_client_error(data: bytes) -> None:
+    try:
+        image = decode_image(data, POLICY)
+    except ApiError as error:
+        assert 400 <= error.status < 500, error
+    else:
+        assert image.mode == "RGB"
+        image.tobytes()  # the pixels really exist
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048))
+def test_random_bytes_give_an_image_or_a_client_error(data: bytes) -> None:
+    assert_image_or_client_error(data)
+
+
+# Warnings as errors: Pillow's "Corrupt EXIF data" and the like must come out typed too.
+@pytest.mark.filterwarnings("error")
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damaged_images())
+def test_damaged_images_give_an_image_or_a_client_error(data: bytes) -> None:
+    assert_image_or_client_error(data)
+
+
+# --- upstream Content-Type --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("image/png", True),
+        ("IMAGE/JPEG; charset=binary", True),
+        ("image/webp", True),
+        ("application/octet-stream", True),
+        (None, True),
+        ("", True),
+        ("image/svg+xml", False),
+        ("text/html; charset=utf-8", False),
+        ("text/plain", False),
+        ("application/json", False),
+        ("application/pdf", False),
+    ],
+)
+def test_content_type_filter(content_type: str | None, expected: bool) -> None:
+    assert is_image_content_type(content_type) is expected
