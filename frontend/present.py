@@ -53,7 +53,13 @@ def top_chart(frame: pd.DataFrame) -> alt.Chart:
     """Horizontal bars, best on top, each labelled with its percentage."""
     # Sorted by the frame's order, not alphabetically (Vega-Lite's default for a nominal axis).
     y = alt.Y("label:N", sort=None, title=None, axis=alt.Axis(labelLimit=260))
-    x = alt.X("probability:Q", title="probability", axis=alt.Axis(format="%"))
+    # A fixed 0-100 % scale: an unsure model's bars look short instead of filling the width.
+    x = alt.X(
+        "probability:Q",
+        title="probability",
+        scale=alt.Scale(domain=[0, 1]),
+        axis=alt.Axis(format="%"),
+    )
     bars = alt.Chart(frame).mark_bar().encode(x=x, y=y, tooltip=["label", "probability"])
     text = bars.mark_text(align="left", dx=4).encode(text=alt.Text("probability:Q", format=".1%"))
     return bars + text
@@ -62,7 +68,7 @@ def top_chart(frame: pd.DataFrame) -> alt.Chart:
 def model_caption(info: dict[str, Any]) -> str:
     """One line about a model: architecture, size and accuracy, from GET /models/<id>."""
     parts = [f"`{info.get('id', '?')}`"]
-    if architecture := info.get("architecture"):
+    if (architecture := info.get("architecture")) and architecture != info.get("id"):
         parts.append(f"{architecture} architecture")
     if isinstance(params := info.get("parameters"), int | float):
         parts.append(f"{params / 1e6:.1f} M parameters")
