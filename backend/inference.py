@@ -23,11 +23,14 @@ class ServedModel:
 
     loaded: LoadedModel
     gate: threading.BoundedSemaphore
+    channels_last: bool = False
     categories: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.categories = self.loaded.entry.categories
         self.transforms = self.loaded.entry.transforms()
+        if self.channels_last:
+            self.loaded.module.to(memory_format=torch.channels_last)
 
     @property
     def id(self) -> str:
@@ -58,6 +61,8 @@ def predict(image: Image.Image, served: ServedModel, top_k: int) -> Prediction:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     batch = served.transforms(image).unsqueeze(0)
+    if served.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
     timings["preprocess"] = _ms(start)
 
     start = time.perf_counter()

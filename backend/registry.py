@@ -83,6 +83,11 @@ class ModelRegistry:
     def start(self) -> None:
         """Load now, or in a background thread if configured (then /readyz says when)."""
         torch.set_num_threads(self.settings.torch_threads)
+        log.info(
+            "loading models: %s",
+            ", ".join(self.ids),
+            extra={"event": "loading", "torch_threads": self.settings.torch_threads},
+        )
         if not self.settings.background_load:
             self._load_all()
             return
@@ -102,7 +107,7 @@ class ModelRegistry:
         start = time.perf_counter()
         for model_id in self.ids:
             loaded = self.store.load(model_id, allow_untrained=self.settings.allow_untrained)
-            served = ServedModel(loaded, self._gate)
+            served = ServedModel(loaded, self._gate, channels_last=self.settings.channels_last)
             loaded.timings_ms["warm_up"] = warm_up(served)
             self._models[model_id] = served
             log.info(

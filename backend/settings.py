@@ -40,6 +40,7 @@ class Settings:
     exit_on_load_failure: bool = False  # under gunicorn: a failed load stops the server
     torch_threads: int = field(default_factory=available_cpus)
     inference_concurrency: int = 1  # forward passes at once; more oversubscribes the cores
+    channels_last: bool = False  # NHWC memory format for convolutional models
     max_request_bytes: int = 10 * 1024 * 1024
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 36_000_000
@@ -66,6 +67,7 @@ class Settings:
             exit_on_load_failure=reader.flag("EXIT_ON_LOAD_FAILURE", False),
             torch_threads=reader.integer("TORCH_THREADS", available_cpus(), minimum=1),
             inference_concurrency=reader.integer("INFERENCE_CONCURRENCY", 1, minimum=1),
+            channels_last=reader.flag("CHANNELS_LAST", cls.channels_last),
             max_request_bytes=reader.integer("MAX_REQUEST_MB", 10, minimum=1) * 1024 * 1024,
             max_image_bytes=reader.integer("MAX_IMAGE_MB", 10, minimum=1) * 1024 * 1024,
             max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", 36_000_000, minimum=1),

@@ -1,0 +1,1 @@
+"""Benchmarks: cold start and serving. Run `uv run python -m benchmarks` (see RESULTS.md)."""
