@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import warnings
 
 from flask import Flask, Response, g, jsonify, request
+from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from backend.errors import ApiError
@@ -24,6 +26,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app. Models load here (or in the background if configured)."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
+    # A decompression bomb is an error, not a warning: Pillow's warning (above its
+    # MAX_IMAGE_PIXELS) becomes an exception that image intake answers with 413.
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
