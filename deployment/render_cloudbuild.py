@@ -59,6 +59,7 @@ def _backend(version: str) -> Component:
         version=version,
         base_args={
             "PYTHON_IMAGE": "python:3.11-slim",
+            "PIP_CERT": "",
             "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
             "MODELS": version,
             "WEIGHTS_MIRROR": "",
@@ -88,7 +89,7 @@ def _frontend(version: str) -> Component:
     return Component(
         component="frontend",
         version=version,
-        base_args={"PYTHON_IMAGE": "python:3.11-slim"},
+        base_args={"PYTHON_IMAGE": "python:3.11-slim", "PIP_CERT": ""},
         base_copies=("docker/requirements-frontend.txt",),
         machine_type="UNSPECIFIED",
         machine_reason=(

@@ -6,27 +6,17 @@
 #   1. the venv                        (changes with the Python image)
 #   2. torch + torchvision             (~200 MB CPU wheels; change on a deliberate upgrade)
 #   3. the other locked dependencies   (change when uv.lock changes)
-#   4. the weights package + weights   (up to ~1.5 GB; change with the model set or catalog)
+#   4. the weights package + weights   (up to ~1.5 GB; change with the model set, the catalog
+#                                       or the weights package's code)
 # The weights come last although they are the largest layer: they change more often than
 # torch (a model added to a set), and putting them after the dependencies means such a change
 # re-downloads only the weights, while a dependency bump re-downloads both (the price of the
 # weights being last is paid rarely; the reverse order would pay torch on every model change).
 #
 # Build arguments have production defaults; containers.md shows the local substitutes.
-# BuildKit (or buildah) is required for the optional CA secret below.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE}
-
-# Empty TORCH_INDEX_URL: pip's default index (PyPI's CUDA build; runs on a CPU, ~5 GB).
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# A set of the catalog (v1, v2, small) or comma-separated model ids.
-ARG MODELS=v1
-# Optional substitutes for the download sources (empty: torchvision's and the Hub's own).
-ARG WEIGHTS_MIRROR=""
-ARG HF_ENDPOINT=""
-# Optional catalog file, a path inside the image (e.g. weights/<file> of the build context).
-ARG WEIGHTS_CATALOG=""
 
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:${PATH} \
@@ -40,13 +30,22 @@ RUN python3 -m venv "${VIRTUAL_ENV}"
 
 WORKDIR /app
 
-# The optional `hostca` secret is a CA bundle for a TLS-intercepting proxy (local builds only;
-# Cloud Build passes none). As a secret it is mounted for one RUN and never stored in a layer.
+# Each ARG is declared just before the first step that uses it: every RUN after an ARG is
+# cached by its value, so e.g. a new model set must not come before (and invalidate) torch.
+
+# Optional CA bundle for pip, for local builds behind a TLS-intercepting proxy: bind-mount it
+# for the build and name it here (podman build -v BUNDLE:/run/hostca.crt:ro --build-arg
+# PIP_CERT=/run/hostca.crt); a bind mount is never stored in a layer. Empty in production:
+# pip's own CAs. A build argument rather than a BuildKit secret mount, so this Dockerfile builds
+# the same with the classic builder and with BuildKit.
+ARG PIP_CERT=""
+# Empty TORCH_INDEX_URL: pip's default index (PyPI's CUDA build; runs on a CPU, ~5 GB).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
 # With the torch index, --no-deps: only the two CPU wheels come from it, and their pure-Python
 # dependencies come locked from uv.lock in the next layer (checked there by `pip check`).
 COPY docker/requirements-torch.txt /tmp/requirements-torch.txt
-RUN --mount=type=secret,id=hostca \
-    if [ -f /run/secrets/hostca ]; then export PIP_CERT=/run/secrets/hostca; fi; \
+RUN if [ -z "${PIP_CERT}" ]; then unset PIP_CERT; fi; \
     if [ -n "${TORCH_INDEX_URL}" ]; then \
         pip install --no-deps --index-url "${TORCH_INDEX_URL}" -r /tmp/requirements-torch.txt; \
     else \
@@ -54,10 +53,17 @@ RUN --mount=type=secret,id=hostca \
     fi
 
 COPY docker/requirements-backend.txt /tmp/requirements-backend.txt
-RUN --mount=type=secret,id=hostca \
-    if [ -f /run/secrets/hostca ]; then export PIP_CERT=/run/secrets/hostca; fi; \
+RUN if [ -z "${PIP_CERT}" ]; then unset PIP_CERT; fi; \
     pip install -r /tmp/requirements-backend.txt \
     && pip check
+
+# A set of the catalog (v1, v2, small) or comma-separated model ids.
+ARG MODELS=v1
+# Optional substitutes for the download sources (empty: torchvision's and the Hub's own).
+ARG WEIGHTS_MIRROR=""
+ARG HF_ENDPOINT=""
+# Optional catalog file, a path inside the image (e.g. weights/<file> of the build context).
+ARG WEIGHTS_CATALOG=""
 
 # Only the weights package: a change to the backend's code must not invalidate this layer.
 COPY weights/ /app/weights/

@@ -20,11 +20,14 @@ RUN python3 -m venv "${VIRTUAL_ENV}"
 
 WORKDIR /app
 
-# The optional `hostca` secret is a CA bundle for a TLS-intercepting proxy (local builds only;
-# Cloud Build passes none). As a secret it is mounted for one RUN and never stored in a layer.
+# Optional CA bundle for pip, for local builds behind a TLS-intercepting proxy: bind-mount it
+# for the build and name it here (podman build -v BUNDLE:/run/hostca.crt:ro --build-arg
+# PIP_CERT=/run/hostca.crt); a bind mount is never stored in a layer. Empty in production:
+# pip's own CAs. A build argument rather than a BuildKit secret mount, so this Dockerfile builds
+# the same with the classic builder and with BuildKit.
+ARG PIP_CERT=""
 COPY docker/requirements-frontend.txt /tmp/requirements-frontend.txt
-RUN --mount=type=secret,id=hostca \
-    if [ -f /run/secrets/hostca ]; then export PIP_CERT=/run/secrets/hostca; fi; \
+RUN if [ -z "${PIP_CERT}" ]; then unset PIP_CERT; fi; \
     pip install -r /tmp/requirements-frontend.txt \
     && pip check
 

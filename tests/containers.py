@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTAINERS_CONF = ROOT / "docker" / "containers.conf"
 # A stand-in for python:3.11-slim, which no registry here serves.
 PYTHON_IMAGE = "localhost/python-local:3.11"
-# The host's CA bundle: downloads here pass a TLS-intercepting proxy that it trusts.
+# The host's CA bundle: downloads here pass a TLS-intercepting proxy that it trusts. Base
+# Dockerfiles take it as PIP_CERT, bind-mounted at this path for the build only.
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+BUILD_CA = "/run/hostca.crt"
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 TOOLS = ("podman", "buildah", "runc", "debootstrap")
 APT_PACKAGES = (
@@ -156,8 +158,9 @@ def build(
 ) -> tuple[subprocess.CompletedProcess, float]:
     """Build an image from one of the project's Dockerfiles; give the process and seconds.
 
-    Layers are cached (--layers), the host's CA reaches pip as a build secret, and the build
-    shares the host's network, so a server on 127.0.0.1 (the weights origin) is reachable.
+    Layers are cached (--layers); a Dockerfile that takes PIP_CERT gets the host's CA
+    bind-mounted (never stored in a layer); the build shares the host's network, so a server
+    on 127.0.0.1 (the weights origin) is reachable.
     """
     args = [
         "build",
@@ -166,14 +169,16 @@ def build(
         "--layers",
         "--network",
         "host",
-        "--secret",
-        f"id=hostca,src={HOST_CA}",
         "--file",
         str(context / dockerfile),
         "--tag",
         tag,
     ]
-    for name, value in (build_args or {}).items():
+    build_args = dict(build_args or {})
+    if "ARG PIP_CERT" in (context / dockerfile).read_text():
+        args += ["--volume", f"{HOST_CA}:{BUILD_CA}:ro"]
+        build_args.setdefault("PIP_CERT", BUILD_CA)
+    for name, value in build_args.items():
         args += ["--build-arg", f"{name}={value}"]
     started = time.monotonic()
     result = podman(*args, str(context), timeout=timeout)
