@@ -22,6 +22,12 @@ UNTRAINED_NOTE = (
 def headline(prediction: Prediction) -> str:
     """The top prediction as a sentence (Markdown)."""
     top = prediction.top
+    if prediction.untrained:
+        # Random weights can be "certain"; the sentence must not sound like a finding.
+        return (
+            f"The untrained demo model picks **{top.label}** "
+            f"({percent(top.probability)}), which is a random answer."
+        )
     if top.probability >= CONFIDENT:
         return f"This looks like **{top.label}** ({percent(top.probability)} probability)."
     return (

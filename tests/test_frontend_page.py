@@ -152,6 +152,10 @@ def test_untrained_demo_weights_are_labelled_in_metadata_and_result(monkeypatch)
         assert [UNTRAINED in w for w in texts(at.warning)] == [True]  # before any request
         at = classify_url(at, IMAGE_URL)
     assert [UNTRAINED in w for w in texts(at.warning)] == [True, True]  # and on the answer
+    # Random weights can be "sure"; the sentence must not present it as a finding.
+    assert "The untrained demo model picks **tabby** (61.0%), which is a random answer." in (
+        texts(at.markdown)
+    )
 
 
 def test_an_untrained_answer_is_labelled_even_without_metadata(monkeypatch):
