@@ -29,7 +29,7 @@ class Outcome:
     """The last thing the user asked for and what came of it (kept across reruns)."""
 
     image: str | bytes | None = None  # a URL (the browser loads it) or the uploaded bytes
-    prediction: Prediction | None = None
+    prediction: Prediction | None = None  # with `image`, or else `error`
     round_trip_ms: float = 0.0
     error: str | None = None
     input_problem: bool = False  # the input was refused before anything was sent
@@ -98,7 +98,8 @@ def ask(image: str | bytes, send: Callable[[], Prediction]) -> Outcome:
         with st.spinner("Classifying…"):
             prediction = send()
     except BackendError as exc:
-        return Outcome(image=image, error=str(exc))
+        # No image with an error: the backend may have refused it as undecodable.
+        return Outcome(error=str(exc))
     return Outcome(image, prediction, (time.perf_counter() - start) * 1000)
 
 
@@ -133,14 +134,12 @@ def upload_form(client: BackendClient, model: str | None) -> None:
 def show_outcome(outcome: Outcome) -> None:
     if outcome.error:
         (st.warning if outcome.input_problem else st.error)(outcome.error)
-    if outcome.image is None:
+    if outcome.prediction is None or outcome.image is None:
         return
+    prediction = outcome.prediction
     left, right = st.columns([2, 3])
     with left:
         st.image(outcome.image, width="stretch", alt="The image that was classified")
-    if outcome.prediction is None:
-        return
-    prediction = outcome.prediction
     with right:
         st.markdown(present.headline(prediction))
         st.caption(present.provenance(prediction, outcome.round_trip_ms))

@@ -276,3 +276,32 @@ def test_the_prediction_request_body(monkeypatch):
         (sent,) = [r for r in backend.requests if r.method == "POST"]
     # One model: v1 leaves the choice to the backend's default; the URL is sent trimmed.
     assert json.loads(sent.body) == {"url": IMAGE_URL, "top_k": 5}
+
+
+def test_an_undecodable_upload_shows_the_backends_message_and_no_image(monkeypatch):
+    message = "the upload is not an image; supported formats: BMP, GIF, JPEG, PNG, WEBP"
+    with stub_backend(predict=error_reply(422, "undecodable_image", message)) as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = classify_upload(open_page(), "notes.png", b"just text", "image/png")
+    assert not at.exception
+    assert texts(at.error) == [message]
+    assert shown_images(at) == []
+
+
+def test_v3_with_the_gateway_down_says_so_and_offers_nothing_to_send(monkeypatch):
+    monkeypatch.setenv("API_GATEWAY", closed_port_url())
+    at = open_page()
+    assert not at.exception
+    assert any("Cannot reach the backend" in e for e in texts(at.error))
+    assert not at.text_input  # without the model list, no request can be routed
+
+
+def test_v2_sends_the_sessions_choice_with_the_request(monkeypatch):
+    with stub_backend(models=json_reply(["resnet152", "vgg16"])) as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        monkeypatch.setenv("FRONTEND_MODE", "v2")
+        at = open_page()
+        at.selectbox(key="model").select("vgg16").run()
+        classify_url(at, IMAGE_URL)
+        (sent,) = [r for r in backend.requests if r.method == "POST"]
+    assert json.loads(sent.body)["model"] == "vgg16"
