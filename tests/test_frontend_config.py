@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import subprocess
@@ -184,3 +185,18 @@ def test_python_m_frontend_serves_the_page_on_port(tmp_path):
     finally:
         frontend.stop()
     assert "SERVING_URL is not set" in frontend.log()  # said at start, and on the page
+
+
+def test_the_frontend_imports_nothing_of_the_backend_or_torch():
+    # The frontend image has no torch and no backend code: an import of either would fail there.
+    forbidden = {"torch", "torchvision", "backend", "weights", "PIL", "flask"}
+    for path in sorted((ROOT / "frontend").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
