@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 import warnings
+from dataclasses import replace
 
 from flask import Flask, Response, g, jsonify, request
 from PIL import Image
@@ -14,10 +16,11 @@ from werkzeug.exceptions import HTTPException
 from backend.errors import ApiError
 from backend.imaging import ImagePolicy
 from backend.logs import configure_logging, request_context, trace_fields
-from backend.registry import ModelRegistry
+from backend.registry import WORKER_BOOT_ERROR, ModelRegistry
 from backend.routes import api
-from backend.settings import Settings
+from backend.settings import Settings, SettingsError
 from backend.urlfetch import FetchPolicy
+from weights.store import WeightsError
 
 log = logging.getLogger("backend")
 
@@ -31,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # no HTML OPTIONS answers: a JSON 405
     app.json.sort_keys = False
 
     app.extensions["settings"] = settings
@@ -53,11 +57,18 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def create_production_app() -> Flask:
-    """gunicorn's entry point: settings from the environment, models loaded after bind."""
-    from dataclasses import replace
+    """gunicorn's entry point: settings from the environment, models loaded after bind.
 
-    settings = Settings.from_env()
-    return create_app(replace(settings, background_load=True, exit_on_load_failure=True))
+    A wrong setting or missing weights stop the server with one clear log line: the
+    worker exits with gunicorn's boot-error code, which halts gunicorn (non-zero).
+    """
+    try:
+        settings = replace(Settings.from_env(), background_load=True, exit_on_load_failure=True)
+        return create_app(settings)
+    except (SettingsError, WeightsError) as exc:
+        configure_logging("INFO")
+        log.critical("refusing to start: %s", exc, extra={"event": "start_refused"})
+        sys.exit(WORKER_BOOT_ERROR)
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -72,9 +83,9 @@ def _register_error_handlers(app: Flask) -> None:
             (exc.name or "error").lower().replace(" ", "_")
         )
         message = exc.description or exc.name
-        if exc.code == 413:
-            limit = app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
-            message = f"the request body is over the {limit} MB limit"
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        if exc.code == 413 and (request.content_length or 0) > limit:
+            message = f"the request body is over the {limit // (1024 * 1024)} MB limit"
         response = jsonify({"error": {"code": code, "message": message}})
         response.status_code = exc.code or 500
         if exc.code == 405 and getattr(exc, "valid_methods", None):

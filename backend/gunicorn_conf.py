@@ -7,20 +7,26 @@
   child whose parent already started its thread pools).
 - graceful_timeout under Cloud Run's 10 s between SIGTERM and SIGKILL: in-flight requests
   finish, then the worker exits.
+Values come from the backend's one settings object, so a wrong variable stops the master
+with a message naming it, before any worker starts.
 """
 
 import os
 
+from backend.settings import Settings
+
+_settings = Settings.from_env()
+
 wsgi_app = "backend.app:create_production_app()"
-bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
+bind = f"0.0.0.0:{_settings.port}"
 worker_class = "gthread"
-workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+workers = 1
+threads = _settings.gunicorn_threads
 preload_app = False
 # Loading big models happens in a background thread after the worker is up, so the
 # worker heartbeat is never blocked; the timeout only catches a hung worker.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "8"))
+timeout = 120
+graceful_timeout = _settings.graceful_timeout_s
 keepalive = 5
 accesslog = None  # the app logs each request as structured JSON
 errorlog = "-"

@@ -47,12 +47,13 @@ class Prediction:
     top: list[dict]
     timings_ms: dict[str, float]
 
-    def to_json(self) -> dict:
+    def to_json(self, timings_ms: dict[str, float] | None = None) -> dict:
+        """The response body; `timings_ms` replaces the inference-only timings if given."""
         return {
             "model": self.model,
             "category": self.top[0]["label"],
             "predictions": self.top,
-            "timings_ms": self.timings_ms,
+            "timings_ms": timings_ms if timings_ms is not None else self.timings_ms,
         }
 
 
@@ -63,15 +64,15 @@ def predict(image: Image.Image, served: ServedModel, top_k: int) -> Prediction:
     batch = served.transforms(image).unsqueeze(0)
     if served.channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    timings["preprocess"] = _ms(start)
+    timings["preprocess"] = ms_since(start)
 
     start = time.perf_counter()
     with served.gate:
-        timings["queue"] = _ms(start)
+        timings["queue"] = ms_since(start)
         start = time.perf_counter()
         with torch.inference_mode():
             logits = served.loaded.module(batch)
-        timings["forward"] = _ms(start)
+        timings["forward"] = ms_since(start)
 
     start = time.perf_counter()
     probabilities = torch.softmax(logits[0].float(), dim=0)
@@ -80,7 +81,7 @@ def predict(image: Image.Image, served: ServedModel, top_k: int) -> Prediction:
         {"label": served.categories[i], "index": i, "probability": round(float(p), 6)}
         for p, i in zip(values.tolist(), indices.tolist(), strict=True)
     ]
-    timings["postprocess"] = _ms(start)
+    timings["postprocess"] = ms_since(start)
     return Prediction(model=served.id, top=top, timings_ms=timings)
 
 
@@ -89,8 +90,9 @@ def warm_up(served: ServedModel) -> float:
     start = time.perf_counter()
     size = served.input_size
     predict(Image.new("RGB", (size, size), (128, 128, 128)), served, top_k=1)
-    return _ms(start)
+    return ms_since(start)
 
 
-def _ms(start: float) -> float:
+def ms_since(start: float) -> float:
+    """Milliseconds since `start` (a time.perf_counter() reading), rounded."""
     return round((time.perf_counter() - start) * 1000, 2)

@@ -7,13 +7,15 @@ download or inference starts.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from flask import Request
 
-from backend.errors import BadRequest, UnsupportedMedia
+from backend.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
 
 DEFAULT_TOP_K = 5
+_SMALL_INT = re.compile(r"[0-9]{1,3}")  # ASCII digits only: str.isdigit() accepts "²"
 
 
 @dataclass(frozen=True)
@@ -24,17 +26,24 @@ class PredictRequest:
     top_k: int
 
 
-def parse_predict_request(request: Request, *, max_top_k: int) -> PredictRequest:
+def parse_predict_request(
+    request: Request, *, max_top_k: int, max_image_bytes: int
+) -> PredictRequest:
     """The request's image source and options, validated."""
     mimetype = request.mimetype
     if mimetype == "application/json":
         fields, image = _json_fields(request), None
     elif mimetype == "multipart/form-data":
-        fields = request.form.to_dict()
+        # An HTML form sends its empty fields too: an empty field is an absent one.
+        fields = {k: v for k, v in request.form.to_dict().items() if v != ""}
         upload = request.files.get("image")
-        image = upload.read() if upload is not None else None
+        image = upload.read(max_image_bytes + 1) if upload is not None else None
         if "image" in fields:  # sent as a text field, not a file
             raise BadRequest("'image' must be a file upload (multipart file field)")
+        if image is not None and len(image) > max_image_bytes:
+            raise PayloadTooLarge(
+                f"the image is over the {max_image_bytes // (1024 * 1024)} MB limit"
+            )
     else:
         raise UnsupportedMedia(
             "send JSON (Content-Type: application/json) with a 'url', "
@@ -82,7 +91,7 @@ def _top_k(value: object, max_top_k: int) -> int:
         return DEFAULT_TOP_K
     if isinstance(value, bool):
         raise BadRequest(f"'top_k' must be an integer from 1 to {max_top_k}")
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _SMALL_INT.fullmatch(value.strip()):
         value = int(value)
     if not isinstance(value, int) or not 1 <= value <= max_top_k:
         raise BadRequest(f"'top_k' must be an integer from 1 to {max_top_k}")

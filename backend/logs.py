@@ -77,6 +77,7 @@ def trace_fields(header: str | None, project: str | None) -> dict:
         else trace_id
     }
     span = rest.split(";", 1)[0]
-    if span.isdigit():
-        fields["logging.googleapis.com/spanId"] = span
+    if span.isascii() and span.isdigit() and int(span) < 2**64:
+        # The header carries the span as a decimal; Cloud Logging wants 16 hex digits.
+        fields["logging.googleapis.com/spanId"] = f"{int(span):016x}"
     return fields

@@ -62,21 +62,11 @@ class ModelRegistry:
         return [first, *[i for i in ids if i != first]]
 
     def _check_baked(self) -> None:
-        """Cheap checks before the server starts: every model baked, present, allowed."""
-        self.records = {model_id: self.store.record(model_id) for model_id in self.ids}
-        for model_id, record in self.records.items():
-            if record.untrained and not self.settings.allow_untrained:
-                raise WeightsError(
-                    f"{model_id!r} in {self.store.directory} has untrained demo weights; "
-                    "images never serve them (set ALLOW_UNTRAINED_WEIGHTS=1 only for a local demo)"
-                )
-            path = self.store.directory / record.file
-            if not path.is_file():
-                raise WeightsError(
-                    f"weights file {record.file} for {model_id!r} is missing from "
-                    f"{self.store.directory}; recreate it with: python -m weights fetch "
-                    f"--models {model_id} --dest {self.store.directory}"
-                )
+        """Cheap checks before the server binds: every model baked, allowed, present."""
+        self.records = {
+            model_id: self.store.check(model_id, allow_untrained=self.settings.allow_untrained)[0]
+            for model_id in self.ids
+        }
 
     # --- loading -----------------------------------------------------------------------
 
@@ -96,9 +86,14 @@ class ModelRegistry:
     def _load_in_background(self) -> None:
         try:
             self._load_all()
-        except (WeightsError, RuntimeError, OSError) as exc:
+        except Exception as exc:  # a thread's top: whatever fails must be told
             self.failure = str(exc)
-            log.critical("model loading failed: %s", exc, extra={"event": "load_failed"})
+            log.critical(
+                "model loading failed: %s",
+                exc,
+                exc_info=not isinstance(exc, WeightsError),
+                extra={"event": "load_failed"},
+            )
             if self.settings.exit_on_load_failure:
                 logging.shutdown()
                 os._exit(WORKER_BOOT_ERROR)
@@ -159,6 +154,7 @@ class ModelRegistry:
         return self._models[model_id]
 
     def _unknown(self, model_id: str) -> UnknownModel:
+        model_id = model_id[:100]  # a client's string, echoed back: keep it short
         if model_id in self.listed_ids:
             return UnknownModel(
                 f"model {model_id!r} has its own service behind the gateway; this one serves "

@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.errors import NotReady
 from backend.imaging import decode_image
+from backend.inference import ms_since as _ms
 from backend.inference import predict
 from backend.intake import parse_predict_request
 from backend.registry import ModelRegistry
@@ -62,18 +63,23 @@ def predict_by_path(model_id: str):
 
 def _predict(path_model: str | None):
     settings = current_app.extensions["settings"]
-    parsed = parse_predict_request(request, max_top_k=settings.max_top_k)
-    served = _registry().get(path_model or parsed.model)  # 404 / 503 before any download
+    registry = _registry()
+    if path_model is not None:
+        registry.get(path_model)  # an unknown model in the path is a 404 before any parsing
+    start = time.perf_counter()
+    parsed = parse_predict_request(
+        request, max_top_k=settings.max_top_k, max_image_bytes=settings.max_image_bytes
+    )
+    served = registry.get(path_model or parsed.model)  # 404 / 503 before any download
     g.model = served.id
+    timings: dict[str, float] = {"parse": _ms(start)}
 
-    timings: dict[str, float] = {}
     start = time.perf_counter()
     if parsed.url is not None:
         data = fetch_url(parsed.url, current_app.extensions["fetch_policy"]).data
         timings["fetch"] = _ms(start)
     else:
         data = parsed.image
-        timings["read"] = _ms(start)
 
     start = time.perf_counter()
     image = decode_image(data, current_app.extensions["image_policy"])
@@ -81,14 +87,9 @@ def _predict(path_model: str | None):
 
     result = predict(image, served, parsed.top_k)
     timings.update(result.timings_ms)
-    timings["total"] = round(sum(timings.values()), 2)
+    timings["total"] = _ms(g.start)  # since the request arrived (backend.app)
     g.timings_ms = timings
-    body = result.to_json()
-    body["timings_ms"] = timings
+    body = result.to_json(timings)
     if served.loaded.record.untrained:
         body["untrained"] = True  # demo weights: the frontend labels the answer as such
     return jsonify(body)
-
-
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 2)

@@ -47,7 +47,13 @@ class Settings:
     url_allowed_ports: frozenset[int] = frozenset({80, 443})
     url_allow_loopback: bool = False  # tests and local development only
     url_connect_timeout_s: float = 3.0
-    url_total_timeout_s: float = 10.0
+    # The whole download of an image URL. With the inference after it, it must end before
+    # gunicorn's graceful timeout, itself under Cloud Run's 10 s between SIGTERM and SIGKILL,
+    # so that a request in flight at shutdown still finishes.
+    url_total_timeout_s: float = 8.0
+    graceful_timeout_s: int = 9  # gunicorn takes whole seconds
+    port: int = 8080
+    gunicorn_threads: int = 8
     max_top_k: int = 20
     log_level: str = "INFO"
     google_cloud_project: str | None = None  # for Cloud Logging's trace field
@@ -74,7 +80,12 @@ class Settings:
             url_allowed_ports=frozenset(reader.integers("URL_ALLOWED_PORTS", [80, 443])),
             url_allow_loopback=reader.flag("URL_ALLOW_LOOPBACK", False),
             url_connect_timeout_s=reader.number("URL_CONNECT_TIMEOUT_S", 3.0),
-            url_total_timeout_s=reader.number("URL_TOTAL_TIMEOUT_S", 10.0),
+            url_total_timeout_s=reader.number("URL_TOTAL_TIMEOUT_S", cls.url_total_timeout_s),
+            graceful_timeout_s=reader.integer(
+                "GRACEFUL_TIMEOUT_S", cls.graceful_timeout_s, minimum=1
+            ),
+            port=reader.integer("PORT", cls.port, minimum=1),
+            gunicorn_threads=reader.integer("GUNICORN_THREADS", cls.gunicorn_threads, minimum=1),
             log_level=reader.text("LOG_LEVEL", "INFO").upper(),
             google_cloud_project=reader.text("GOOGLE_CLOUD_PROJECT", "") or None,
         )
@@ -88,6 +99,12 @@ class Settings:
             raise SettingsError(f"LOG_LEVEL={self.log_level!r} is not a logging level")
         if not self.url_allowed_ports or not all(0 < p < 65536 for p in self.url_allowed_ports):
             raise SettingsError("URL_ALLOWED_PORTS must be a comma-separated list of TCP ports")
+        if self.url_total_timeout_s + 1 > self.graceful_timeout_s:
+            raise SettingsError(
+                f"URL_TOTAL_TIMEOUT_S={self.url_total_timeout_s:g} must end at least 1 s before "
+                f"GRACEFUL_TIMEOUT_S={self.graceful_timeout_s:g}, or a request in flight at "
+                "shutdown is cut off"
+            )
 
 
 class _Reader:

@@ -121,8 +121,24 @@ def nginx_config(
 ) -> str:
     """An nginx.conf (run with `nginx -p PREFIX -c FILE`) with the gateway's routes."""
     _check(routes, default)
-    unavailable = json.dumps(
-        {"error": {"code": "upstream_error", "message": "the model service is not answering"}}
+
+    def body(code: str, message: str) -> str:
+        return json.dumps({"error": {"code": code, "message": message}})
+
+    # nginx's own error pages are HTML: every error it makes itself answers in the
+    # backend's JSON shape. (Errors a backend sends pass through untouched.)
+    own_errors = {
+        400: body("bad_request", "the gateway could not read the request"),
+        408: body("request_timeout", "the request was not sent in time"),
+        413: body("payload_too_large", f"the request body is over the {MAX_BODY_MB} MB limit"),
+        502: body("upstream_error", "the model service is not answering"),
+        503: body("upstream_error", "the model service is not answering"),
+        504: body("upstream_timeout", "the model service did not answer in time"),
+    }
+    error_pages = "\n".join(
+        f"        error_page {status} = @error_{status};\n"
+        f"        location @error_{status} {{ return {status} '{text}'; }}"
+        for status, text in own_errors.items()
     )
     not_found = json.dumps(
         {
@@ -164,10 +180,7 @@ http {{
         listen 127.0.0.1:{listen};
 {chr(10).join(locations)}
         location / {{ return 404 '{not_found}'; }}
-        error_page 502 503 504 = @unavailable;
-        location @unavailable {{
-            return 502 '{unavailable}';
-        }}
+{error_pages}
     }}
 }}
 """

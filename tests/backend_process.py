@@ -69,12 +69,12 @@ def start_backend(
         "PYTHONUNBUFFERED": "1",
         **env,
     }
-    log_file = log_path.open("w")
-    process = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "gunicorn", "--config", "python:backend.gunicorn_conf"],
-        cwd=ROOT,
-        env=full_env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
+    with log_path.open("w") as log_file:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "gunicorn", "--config", "python:backend.gunicorn_conf"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     return BackendProcess(process, f"http://127.0.0.1:{port}", log_path)

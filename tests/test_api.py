@@ -410,3 +410,128 @@ def test_random_bytes_get_200_or_4xx(client, data):
 def test_still_serving_after_all_of_the_above(client):
     assert client.get("/healthz").status_code == 200
     assert upload(client, encode(photo(), "JPEG")).status_code == 200
+
+
+# --- review follow-ups: corners of the contract ------------------------------------------
+
+
+@pytest.mark.parametrize("top_k", ["²", "①", "1" * 5000, "-1", " 3x"])
+def test_multipart_top_k_that_is_not_a_small_integer_is_400(client, top_k):
+    assert_error(upload(client, encode(photo(), "PNG"), top_k=top_k), 400)
+
+
+def test_multipart_top_k_digits_are_accepted(client):
+    assert len(upload(client, encode(photo(), "PNG"), top_k=" 7 ").get_json()["predictions"]) == 7
+
+
+def test_image_sent_as_a_text_field_is_400(client):
+    response = client.post(
+        "/predict", data={"image": "not a file"}, content_type="multipart/form-data"
+    )
+    assert_error(response, 400)
+
+
+def test_an_empty_url_field_beside_an_upload_is_ignored(client):
+    # What an HTML form sends when the user fills in only the file.
+    assert upload(client, encode(photo(), "PNG"), url="", model="").status_code == 200
+
+
+def test_an_unknown_model_in_the_path_is_404_whatever_the_body(client):
+    response = client.post(
+        "/model/vgg16/predict", data="{not json", content_type="application/json"
+    )
+    assert_error(response, 404, "unknown_model")
+
+
+def test_options_answers_json(client):
+    assert_error(client.options("/predict"), 405)
+
+
+def test_413_says_which_limit(baked_dir, weights_origin):
+    app = create_app(_settings(baked_dir, weights_origin, models="resnet18"))
+    response = app.test_client().post(
+        "/predict",
+        data={"url": "x" * (600 * 1024)},  # a form field over werkzeug's form memory limit
+        content_type="multipart/form-data",
+    )
+    error = assert_error(response, 413)
+    assert "10 MB" not in error["message"]  # the body is 600 KB: not the request-size limit
+
+
+def test_upload_over_the_image_cap_is_413(baked_dir, weights_origin):
+    app = create_app(
+        _settings(
+            baked_dir,
+            weights_origin,
+            models="resnet18",
+            max_request_bytes=8 * 1024 * 1024,
+            max_image_bytes=1024 * 1024,
+        )
+    )
+    assert_error(upload(app.test_client(), b"\xff" * (2 * 1024 * 1024)), 413, "payload_too_large")
+
+
+def test_a_long_unknown_model_id_is_not_echoed_whole(client):
+    response = client.post("/predict", json={"url": "http://example.com/a", "model": "m" * 100_000})
+    assert len(response.get_data()) < 2000
+    assert_error(response, 404)
+
+
+def test_listed_models_behind_the_gateway(baked_dir, weights_origin):
+    """v3: one service per model; GET /models lists the whole set."""
+    app = create_app(
+        _settings(baked_dir, weights_origin, models="mobilenet_v3_large", listed_models="small")
+    )
+    client = app.test_client()
+    assert client.get("/models").get_json() == ["resnet18", "mobilenet_v3_large"]
+    error = assert_error(
+        client.post("/predict", json={"url": "http://example.com/a", "model": "resnet18"}), 404
+    )
+    assert "its own service" in error["message"]
+
+
+def test_readyz_is_503_until_every_model_is_loaded_and_warm(baked_dir, weights_origin, monkeypatch):
+    import threading
+
+    from weights.store import WeightsStore
+
+    release = threading.Event()
+    real_load = WeightsStore.load
+
+    def held_load(self, model_id, **kwargs):
+        if model_id == "mobilenet_v3_large":
+            assert release.wait(30)
+        return real_load(self, model_id, **kwargs)
+
+    monkeypatch.setattr(WeightsStore, "load", held_load)
+    app = create_app(_settings(baked_dir, weights_origin, background_load=True))
+    client = app.test_client()
+    registry = app.extensions["registry"]
+    try:
+        assert client.get("/healthz").status_code == 200
+        error = assert_error(client.get("/readyz"), 503, "not_ready")
+        assert "of 2 ready" in error["message"]
+        assert_error(upload(client, encode(photo(), "PNG")), 503, "not_ready")
+    finally:
+        release.set()
+    assert registry.wait_ready(60)
+    assert client.get("/readyz").status_code == 200
+
+
+def test_a_failed_background_load_is_reported_not_hidden(baked_dir, weights_origin, monkeypatch):
+    from weights.store import WeightsStore
+
+    def broken(self, model_id, **kwargs):
+        raise KeyError("a bug nobody planned for")
+
+    monkeypatch.setattr(WeightsStore, "load", broken)
+    app = create_app(_settings(baked_dir, weights_origin, background_load=True))
+    registry = app.extensions["registry"]
+    for _ in range(100):
+        if registry.failure:
+            break
+        import time
+
+        time.sleep(0.05)
+    error = assert_error(app.test_client().get("/readyz"), 503)
+    assert "loading failed" in error["message"] and "nobody planned" in error["message"]

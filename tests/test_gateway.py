@@ -139,6 +139,14 @@ def test_local_v3_routes_each_model_to_its_own_service(baked_dir, weights_origin
         assert unknown.headers["Content-Type"].startswith("application/json")
         assert unknown.json()["error"]["code"] == "not_found"
 
+        too_big = requests.post(
+            f"{gw}/model/resnet18/predict",
+            files={"image": ("x.png", b"\0" * (11 * 1024 * 1024))},
+            timeout=30,
+        )
+        assert too_big.status_code == 413  # refused by nginx itself, in the same JSON shape
+        assert too_big.json()["error"]["code"] == "payload_too_large"
+
         backend_error = requests.post(f"{gw}/model/resnet18/predict", json={"url": ""}, timeout=10)
         assert backend_error.status_code == 400  # the backend's own JSON error, passed through
         assert backend_error.json()["error"]["code"] == "bad_request"

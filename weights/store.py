@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torchvision.models import get_model
 
-from weights.catalog import ModelEntry
+from weights.catalog import CatalogError, ModelEntry
 from weights.lock import LOCK_NAME, LockedFile, read_lock, sha256_of
 
 # The libraries' own offline switches: even an accidental hub call must fail fast
@@ -50,23 +50,31 @@ class WeightsStore:
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
+        self._records: dict[str, LockedFile] | None = None
         go_offline()
 
     def _fetch_hint(self, model_id: str) -> str:
         return f"python -m weights fetch --models {model_id} --dest {self.directory}"
 
     def records(self) -> dict[str, LockedFile]:
-        """What is baked here, by model id (raises WeightsError if there is no lock)."""
-        lock = self.directory / LOCK_NAME
-        if not lock.is_file():
-            raise WeightsError(
-                f"no {LOCK_NAME} in {self.directory}: this is not a baked weights directory. "
-                f"Create it with: python -m weights fetch --models v1 --dest {self.directory}"
-            )
-        try:
-            return read_lock(self.directory)
-        except (ValueError, TypeError) as exc:
-            raise WeightsError(f"{lock} is unreadable ({exc}); fetch the weights again") from exc
+        """What is baked here, by model id (raises WeightsError if there is no lock).
+
+        Read once: a baked directory does not change while a process serves from it.
+        """
+        if self._records is None:
+            lock = self.directory / LOCK_NAME
+            if not lock.is_file():
+                raise WeightsError(
+                    f"no {LOCK_NAME} in {self.directory}: this is not a baked weights directory. "
+                    f"Create it with: python -m weights fetch --models v1 --dest {self.directory}"
+                )
+            try:
+                self._records = read_lock(self.directory)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise WeightsError(
+                    f"{lock} is unreadable ({exc!r}); fetch the weights again"
+                ) from exc
+        return self._records
 
     def record(self, model_id: str) -> LockedFile:
         records = self.records()
@@ -78,9 +86,26 @@ class WeightsStore:
             )
         return records[model_id]
 
-    def verify(self, model_id: str) -> Path:
-        """The file's path, after checking its size and full sha256 against the lock."""
+    def check(
+        self, model_id: str, *, allow_untrained: bool = False
+    ) -> tuple[LockedFile, ModelEntry]:
+        """Cheap checks, no hashing: baked, allowed, its entry known to torchvision, file
+        present with the locked size. What a server runs before it binds its port."""
         record = self.record(model_id)
+        if record.untrained and not allow_untrained:
+            raise WeightsError(
+                f"{record.file} in {self.directory} holds untrained demo weights for "
+                f"{model_id!r}; images never serve them (ALLOW_UNTRAINED_WEIGHTS=1 is for a "
+                f"local demo only). Fetch the real ones with: {self._fetch_hint(model_id)}"
+            )
+        try:
+            entry = record.model_entry()
+            entry.validate()
+        except (CatalogError, KeyError, ValueError, TypeError) as exc:
+            raise WeightsError(
+                f"the lock's entry for {model_id!r} in {self.directory} does not fit this "
+                f"torchvision ({exc}); fetch it again with: {self._fetch_hint(model_id)}"
+            ) from exc
         path = self.directory / record.file
         if not path.is_file():
             raise WeightsError(
@@ -93,13 +118,24 @@ class WeightsStore:
                 f"weights file {path} is {size} bytes, the lock says {record.size}: "
                 f"it is truncated or replaced. Recreate it with: {self._fetch_hint(model_id)}"
             )
+        return record, entry
+
+    def verify(self, model_id: str, *, allow_untrained: bool = True) -> Path:
+        """The file's path, after `check` and its full sha256 against the lock."""
+        return self._verified(model_id, allow_untrained)[2]
+
+    def _verified(
+        self, model_id: str, allow_untrained: bool
+    ) -> tuple[LockedFile, ModelEntry, Path]:
+        record, entry = self.check(model_id, allow_untrained=allow_untrained)
+        path = self.directory / record.file
         digest = sha256_of(path)
         if digest != record.sha256:
             raise WeightsError(
                 f"weights file {path} has sha256 {digest}, the lock says {record.sha256}: "
                 f"it is corrupt or was replaced. Recreate it with: {self._fetch_hint(model_id)}"
             )
-        return path
+        return record, entry, path
 
     def load(self, model_id: str, *, allow_untrained: bool = False) -> LoadedModel:
         """Verify, deserialise safely and build the model in eval mode, fully offline.
@@ -109,15 +145,7 @@ class WeightsStore:
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        record = self.record(model_id)
-        if record.untrained and not allow_untrained:
-            raise WeightsError(
-                f"{record.file} in {self.directory} holds untrained demo weights for "
-                f"{model_id!r}; refusing to serve them. Fetch the real ones with: "
-                f"{self._fetch_hint(model_id)}"
-            )
-        entry = record.model_entry()
-        path = self.verify(model_id)
+        record, entry, path = self._verified(model_id, allow_untrained)
         timings["verify"] = _ms_since(start)
 
         start = time.perf_counter()

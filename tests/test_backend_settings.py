@@ -1,0 +1,64 @@
+"""The backend's settings from the environment, and the log fields it derives."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.logs import trace_fields
+from backend.settings import Settings, SettingsError
+
+
+def test_defaults():
+    settings = Settings.from_env({})
+    assert settings.models == "v1" and settings.url_allowed_ports == frozenset({80, 443})
+    assert not settings.url_allow_loopback and not settings.allow_untrained
+    assert settings.url_total_timeout_s + 1 <= settings.graceful_timeout_s < 10
+
+
+def test_values_are_read():
+    settings = Settings.from_env(
+        {
+            "MODELS": "v2",
+            "WEIGHTS_DIR": "/w",
+            "URL_ALLOWED_PORTS": "443,8443",
+            "URL_ALLOW_LOOPBACK": "true",
+            "TORCH_THREADS": "3",
+            "MAX_IMAGE_MB": "2",
+        }
+    )
+    assert settings.models == "v2" and str(settings.weights_dir) == "/w"
+    assert settings.url_allowed_ports == frozenset({443, 8443})
+    assert settings.url_allow_loopback and settings.torch_threads == 3
+    assert settings.max_image_bytes == 2 * 1024 * 1024
+    assert 12345 in Settings.from_env({"URL_ALLOWED_PORTS": "any"}).url_allowed_ports
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TORCH_THREADS": "two"}, "TORCH_THREADS"),
+        ({"TORCH_THREADS": "0"}, "TORCH_THREADS"),
+        ({"URL_ALLOW_LOOPBACK": "maybe"}, "URL_ALLOW_LOOPBACK"),
+        ({"URL_ALLOWED_PORTS": "80,http"}, "URL_ALLOWED_PORTS"),
+        ({"URL_ALLOWED_PORTS": "70000"}, "URL_ALLOWED_PORTS"),
+        ({"MODELS": "  "}, "MODELS"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"URL_TOTAL_TIMEOUT_S": "9"}, "GRACEFUL_TIMEOUT_S"),
+        ({"URL_TOTAL_TIMEOUT_S": "-1"}, "URL_TOTAL_TIMEOUT_S"),
+    ],
+)
+def test_a_wrong_variable_is_named(env, named):
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_trace_fields():
+    trace = "105445aa7843bc8bf206b12000100000"
+    fields = trace_fields(f"{trace}/1;o=1", "my-project")
+    assert fields == {
+        "logging.googleapis.com/trace": f"projects/my-project/traces/{trace}",
+        "logging.googleapis.com/spanId": "0000000000000001",
+    }
+    assert trace_fields(None, "p") == {}
+    assert trace_fields("not a trace!/x", "p") == {}
+    assert "logging.googleapis.com/spanId" not in trace_fields("abc/²;o=1", "p")
