@@ -76,6 +76,11 @@ def test_unknown_id_lists_the_valid_ones():
         ('architecture = "resnet18"\nweights = "VGG16_Weights.IMAGENET1K_V1"', "not weights for"),
         ('architecture = "resnet9000"\nweights = "ResNet18_Weights.IMAGENET1K_V1"', "architecture"),
         ('architecture = "resnet18"\nweights = "ResNet18_Weights.NOPE"', "unknown torchvision"),
+        (
+            'architecture = "resnet18"\nweights = "ResNet18_Weights.IMAGENET1K_V1"\n'
+            'preprocessing = "big"',
+            "'m'",
+        ),
     ],
 )
 def test_catalog_mistakes_are_named(tmp_path, spec, complaint):
@@ -83,6 +88,18 @@ def test_catalog_mistakes_are_named(tmp_path, spec, complaint):
     path.write_text(f'default = "m"\n[models.m]\n{spec}\n')
     with pytest.raises(CatalogError, match=complaint):
         load_catalog(path)
+
+
+def test_catalog_top_level_typo_is_named(tmp_path):
+    path = tmp_path / "catalog.toml"
+    path.write_text('defualt = "m"\n')
+    with pytest.raises(CatalogError, match="defualt"):
+        load_catalog(path)
+
+
+def test_empty_selection_lists_what_there_is():
+    with pytest.raises(CatalogError, match="no model selected; valid ids: resnet152"):
+        load_catalog().select(" , ")
 
 
 def test_catalog_preprocessing_override_is_applied(weights_origin):

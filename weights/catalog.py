@@ -165,7 +165,7 @@ class ModelEntry:
                     **{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()}
                 )
             return cls(id=model_id, hub=hub, preprocessing=prep, **data)
-        except TypeError as exc:
+        except (TypeError, AttributeError) as exc:
             raise CatalogError(f"model {model_id!r}: {exc}") from exc
 
     def validate(self) -> None:
@@ -219,7 +219,10 @@ class Catalog:
         names = selection.split(",") if isinstance(selection, str) else list(selection)
         names = [n.strip() for n in names if n.strip()]
         if not names:
-            raise CatalogError(f"no model selected; {self._unknown('')[len('unknown model ') :]}")
+            raise CatalogError(
+                f"no model selected; valid ids: {', '.join(self.models)}; "
+                f"sets: {', '.join(self.sets)}"
+            )
         ids: list[str] = []
         for name in names:
             if name in self.sets:
@@ -250,6 +253,9 @@ def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
         raise CatalogError(f"catalog file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise CatalogError(f"catalog {path} is not valid TOML: {exc}") from exc
+    unknown = set(data) - {"default", "sets", "models"}
+    if unknown:
+        raise CatalogError(f"catalog {path}: unknown top-level keys {sorted(unknown)}")
     models = {mid: ModelEntry.from_dict(mid, spec) for mid, spec in data.get("models", {}).items()}
     catalog = Catalog(
         models=models,
