@@ -68,7 +68,9 @@ main() {
     # Reported as projects/<project>/serviceAccounts/<email>.
     builder="${builder##*/}"
   fi
-  [[ -n "${builder}" ]] || die "could not find Cloud Build's service account: set CLOUD_BUILD_SERVICE_ACCOUNT"
+  if [[ -z "${builder}" ]]; then
+    die "could not find Cloud Build's service account: set CLOUD_BUILD_SERVICE_ACCOUNT"
+  fi
   run gcloud artifacts repositories add-iam-policy-binding "${REPOSITORY}" \
     --project="${PROJECT_ID}" \
     --location="${REGION}" \

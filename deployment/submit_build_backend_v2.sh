@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build backend_v2 (base image, then code image) on Cloud Build: deployment/cloudbuild_backend_v2.yaml.
+# Build backend_v2 (base image, then code image) on Cloud Build with
+# deployment/cloudbuild_backend_v2.yaml.
 # A thin wrapper: the work is in deployment/lib/submit_build.sh; --help lists the options.
 set -euo pipefail
 exec "$(dirname "${BASH_SOURCE[0]}")/lib/submit_build.sh" backend_v2 "$@"

@@ -23,10 +23,12 @@ pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3600)
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:8]
-FRONTEND_BASE = f"localhost/baked-vision-frontend-base:{RUN_ID}"
-FRONTEND = f"localhost/baked-vision-frontend:{RUN_ID}"
-BACKEND_BASE = f"localhost/baked-vision-backend-base:{RUN_ID}"
-BACKEND = f"localhost/baked-vision-backend:{RUN_ID}"
+# Fixed tags, and the images stay on the machine after the tests: podman's layer cache lives
+# in them, so the next run reuses the torch layers (minutes) instead of downloading them again.
+FRONTEND_BASE = "localhost/baked-vision-frontend-base:test"
+FRONTEND = "localhost/baked-vision-frontend:test"
+BACKEND_BASE = "localhost/baked-vision-backend-base:test"
+BACKEND = "localhost/baked-vision-backend:test"
 # Where the test catalog lands inside the image: the base copies weights/ to /app/weights.
 TEST_CATALOG = "weights/test-catalog.toml"
 
@@ -54,8 +56,7 @@ def frontend_images(python_image):
         "docker/frontend.Dockerfile", FRONTEND, build_args={"BASE_IMAGE_URI": FRONTEND_BASE}
     )
     print(f"\nfrontend base built in {base_seconds:.1f}s, code image in {code_seconds:.1f}s")
-    yield FRONTEND_BASE, FRONTEND
-    remove_images(FRONTEND, FRONTEND_BASE)
+    return FRONTEND_BASE, FRONTEND
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +92,7 @@ def backend_base(backend_context, python_image):
         f"\nbackend base built in {seconds:.1f}s "
         f"({containers.image_size_mb(BACKEND_BASE):.0f} MB, torch from pip's default index)"
     )
-    yield BACKEND_BASE
-    remove_images(BACKEND, BACKEND_BASE)
+    return BACKEND_BASE
 
 
 def build_backend(context: Path) -> float:
@@ -219,17 +219,18 @@ def test_backend_base_bakes_verified_weights_and_runs_offline(backend_base):
     )
     assert versions.split()[0].startswith("2.13.0") and versions.split()[1].startswith("0.28.0")
     assert containers.run_in(backend_base, ["id", "-u"]).strip() == "10001"
-    # Neither the build's CA bundle nor a pip download cache was left in a layer.
+    # Nothing of the build's CA bundle (buildah leaves only an empty mount point) nor a pip
+    # download cache was left in a layer.
     clean = containers.podman(
         "run", "--rm", "--network", "none", "--user", "0", backend_base,
-        "sh", "-c", f"test ! -e {containers.BUILD_CA} && test ! -e /root/.cache/pip && echo clean",
+        "sh", "-c", f"test ! -s {containers.BUILD_CA} && test ! -e /root/.cache/pip && echo clean",
     ).stdout  # fmt: skip
     assert clean.strip() == "clean"
     assert "PIP_CERT" not in settings
 
 
 def test_new_model_set_reuses_the_dependency_layers(backend_base, backend_context, python_image):
-    other = f"localhost/baked-vision-backend-base-other:{RUN_ID}"
+    other = f"localhost/baked-vision-backend-base-other:{RUN_ID}"  # its own layers: removed
     try:
         _, seconds = build_backend_base(
             backend_context, python_image, tag=other, models="mobilenet_v3_large"

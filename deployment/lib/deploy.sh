@@ -14,8 +14,8 @@ usage() {
 Usage: deploy_${IMAGE:-<component>}.sh [--build-id ID] [--private] [--dry-run] [-h|--help]
    or: deployment/lib/deploy.sh COMPONENT [options]   (COMPONENT: ${KNOWN_IMAGES[*]})
 
-Deploy ${IMAGE:-a component} to Cloud Run as service $(service_name "${IMAGE:-<component>}"), running the image
-\${REGISTRY}/\${PROJECT_ID}/\${REPOSITORY}/${IMAGE:-<component>}:<build id>.
+Deploy ${IMAGE:-a component} to Cloud Run as service $(service_name "${IMAGE:-<component>}"),
+running the image \${REGISTRY}/\${PROJECT_ID}/\${REPOSITORY}/${IMAGE:-<component>}:<build id>.
 A frontend is pointed at its backend of the same version (SERVING_URL), read from Cloud Run.
 
   --build-id ID  deploy the image of this build (default: the newest successful build)
@@ -44,7 +44,14 @@ join_env() {
 # adds at most a second to a cold start; the failure threshold spreads the budget over it.
 startup_probe() {
   local path="$1"
-  echo "httpGet.path=${path},httpGet.port=${CONTAINER_PORT},periodSeconds=1,timeoutSeconds=1,failureThreshold=${STARTUP_BUDGET_SECONDS}"
+  local settings=(
+    "httpGet.path=${path}"
+    "httpGet.port=${CONTAINER_PORT}"
+    periodSeconds=1
+    timeoutSeconds=1
+    "failureThreshold=${STARTUP_BUDGET_SECONDS}"
+  )
+  join_env "${settings[@]}"
 }
 
 deploy_backend() {
@@ -82,7 +89,8 @@ deploy_backend() {
 
 deploy_frontend() {
   local version="$1" image_uri="$2" private="$3"
-  require_config FRONTEND_MEMORY FRONTEND_CPU FRONTEND_CONCURRENCY MAX_INSTANCES STARTUP_BUDGET_SECONDS
+  require_config FRONTEND_MEMORY FRONTEND_CPU FRONTEND_CONCURRENCY MAX_INSTANCES \
+    STARTUP_BUDGET_SECONDS
   local backend backend_url
   backend="$(service_name "backend_${version}")"
   query backend_url "<url of ${backend}>" \
@@ -90,7 +98,9 @@ deploy_frontend() {
     --project="${PROJECT_ID}" \
     --region="${REGION}" \
     --format='value(status.url)'
-  [[ -n "${backend_url}" ]] || die "service ${backend} has no URL: deploy it first (deploy_backend_${version}.sh)"
+  if [[ -z "${backend_url}" ]]; then
+    die "service ${backend} has no URL: deploy it first (deploy_backend_${version}.sh)"
+  fi
 
   # The page's mode is explicit (the frontend could also infer it from the backend's models).
   local env=("SERVING_URL=${backend_url}" "FRONTEND_MODE=${version}") identity=()
@@ -162,7 +172,10 @@ main() {
 
   if [[ -z "${build_id}" ]]; then
     latest_build_id "${IMAGE}" build_id
-    [[ -n "${build_id}" ]] || die "no successful build of ${IMAGE} in project ${PROJECT_ID}: run deployment/submit_build_${IMAGE}.sh first"
+    if [[ -z "${build_id}" ]]; then
+      die "no successful build of ${IMAGE} in project ${PROJECT_ID}:" \
+        "run deployment/submit_build_${IMAGE}.sh first"
+    fi
   fi
   # Pinned by build id: a tag no later build reuses, so the service runs exactly that build.
   local image_uri
