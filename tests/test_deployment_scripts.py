@@ -1,32 +1,33 @@
 """The deployment scripts, run for real against a fake `gcloud` that records every call.
 
-The fake is a small program first on PATH: it appends its argv (one JSON list per line) to a
-log and answers `describe`/`list` calls the way gcloud would, so each test asserts the exact
-commands a script runs, and what it does with the answers.
+The fake (tests/fake_gcloud.py) is a small program first on PATH: it appends its argv (one JSON
+list per line) to a log and answers `describe`/`list` calls the way gcloud would, so each test
+asserts the exact commands a script runs, and what it does with the answers.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shlex
 import subprocess
-import sys
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-DEPLOYMENT = ROOT / "deployment"
-PROJECT = "test-project"
-REGION = "northamerica-northeast1"
-REGISTRY = f"{REGION}-docker.pkg.dev/{PROJECT}/baked-vision"
-LATEST_BUILD = "1b2c3d4e-0000-4000-8000-00000000abcd"
-BUILDER_ACCOUNT = "123456789-compute@developer.gserviceaccount.com"
+from tests.fake_gcloud import (
+    BUILDER_ACCOUNT,
+    DEPLOYMENT,
+    LATEST_BUILD,
+    PROJECT,
+    REGION,
+    REGISTRY,
+    ROOT,
+    dry_run_commands,
+    env_vars,
+    fake_gcloud,
+    flag,
+)
+
 FRONTEND_ACCOUNT = f"baked-vision-frontend@{PROJECT}.iam.gserviceaccount.com"
 IMAGES = ["backend_v1", "backend_v2", "frontend_v1", "frontend_v2"]
 RUNNABLE = [
@@ -36,118 +37,11 @@ RUNNABLE = [
     "fill_deliverables.sh",
 ]
 
-FAKE_GCLOUD = textwrap.dedent(
-    """\
-    #!{python}
-    # A stand-in for gcloud: log the call, answer reads from canned data.
-    import json, os, sys
-
-    args = sys.argv[1:]
-    with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
-        log.write(json.dumps(args) + "\\n")
-    absent = set(filter(None, os.environ.get("FAKE_GCLOUD_ABSENT", "").split(",")))
-    words = [a for a in args if not a.startswith("-")]
-
-    def option(name):
-        return next((a.split("=", 1)[1] for a in args if a.startswith(name + "=")), "")
-
-    if words[:3] == ["run", "services", "describe"]:
-        service = words[3]
-        if service in absent:
-            print(f"ERROR: (gcloud.run.services.describe) Cannot find service [{{service}}]",
-                  file=sys.stderr)
-            sys.exit(1)
-        url = f"https://{{service}}-abc123-nn.a.run.app"
-        image = os.environ.get("FAKE_GCLOUD_IMAGE", "{registry}/{{image}}:deployed-{{service}}")
-        image = image.format(image=service.replace("-", "_"), service=service)
-        fields = option("--format")
-        print(f"{{url}}\\t{{image}}" if "image" in fields else url)
-    elif words[:2] == ["builds", "list"]:
-        if "builds" not in absent:
-            print("{latest_build}")
-    elif words[:2] == ["builds", "get-default-service-account"]:
-        print("projects/{project}/serviceAccounts/{builder}")
-    elif words[:3] == ["iam", "service-accounts", "describe"]:
-        sys.exit(1 if "service-account" in absent else 0)
-    elif words[:3] == ["artifacts", "repositories", "describe"]:
-        sys.exit(1 if "repository" in absent else 0)
-    """
-).format(
-    python=sys.executable,
-    registry=REGISTRY,
-    latest_build=LATEST_BUILD,
-    project=PROJECT,
-    builder=BUILDER_ACCOUNT,
-)
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-    calls: list[list[str]]
-
-    def calls_to(self, *words: str) -> list[list[str]]:
-        """Give the gcloud calls whose leading words are `words`."""
-        return [call for call in self.calls if call[: len(words)] == list(words)]
-
-    def only_call_to(self, *words: str) -> list[str]:
-        matching = self.calls_to(*words)
-        assert len(matching) == 1, f"expected one `gcloud {' '.join(words)}`, got {self.calls}"
-        return matching[0]
-
 
 @pytest.fixture
 def gcloud(tmp_path):
     """Run a deployment script with the fake gcloud first on PATH; give its Result."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "gcloud"
-    fake.write_text(FAKE_GCLOUD)
-    fake.chmod(0o755)
-    log = tmp_path / "gcloud.log"
-
-    def run(script: str, *args: str, **env: str) -> Result:
-        log.write_text("")
-        environment = {
-            "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
-            "HOME": str(tmp_path),
-            "FAKE_GCLOUD_LOG": str(log),
-            "PROJECT_ID": PROJECT,
-            **env,
-        }
-        done = subprocess.run(
-            [str(DEPLOYMENT / script), *args],
-            capture_output=True,
-            text=True,
-            env=environment,
-            timeout=60,
-        )
-        calls = [json.loads(line) for line in log.read_text().splitlines()]
-        return Result(done.returncode, done.stdout, done.stderr, calls)
-
-    return run
-
-
-def flag(call: list[str], name: str) -> str:
-    """Give the value of `--name=value` in a call (exactly one occurrence)."""
-    values = [a.split("=", 1)[1] for a in call if a.startswith(f"--{name}=")]
-    assert len(values) == 1, f"--{name} in {call}"
-    return values[0]
-
-
-def env_vars(call: list[str]) -> dict[str, str]:
-    return dict(pair.split("=", 1) for pair in flag(call, "set-env-vars").split(","))
-
-
-def dry_run_commands(stdout: str) -> list[list[str]]:
-    """Give the commands a --dry-run printed, as argv lists."""
-    return [
-        shlex.split(line.removeprefix("[dry-run] "))
-        for line in stdout.splitlines()
-        if line.startswith("[dry-run] ")
-    ]
+    return fake_gcloud(tmp_path)
 
 
 # --- every script ----------------------------------------------------------------------------

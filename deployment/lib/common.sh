@@ -124,14 +124,22 @@ latest_build_id() {
     --format='value(id)'
 }
 
-# Create the frontend's service account unless it exists (setup_gcp.sh and deploy --private).
-# It needs no project role: it is granted run.invoker on the backend service alone.
-ensure_frontend_service_account() {
-  local account="${FRONTEND_SERVICE_ACCOUNT}@${PROJECT_ID}.iam.gserviceaccount.com"
+# ensure_service_account NAME DESCRIPTION: create NAME@PROJECT.iam.gserviceaccount.com unless
+# it exists.
+ensure_service_account() {
+  local name="$1" description="$2"
+  local account="${name}@${PROJECT_ID}.iam.gserviceaccount.com"
   if exists gcloud iam service-accounts describe "${account}" --project="${PROJECT_ID}"; then
     return 0
   fi
-  run gcloud iam service-accounts create "${FRONTEND_SERVICE_ACCOUNT}" \
+  run gcloud iam service-accounts create "${name}" \
     --project="${PROJECT_ID}" \
-    --display-name="Baked Vision frontend (invokes the private backend)"
+    --display-name="${description}"
+}
+
+# Create the frontend's service account unless it exists (setup_gcp.sh and deploy --private).
+# It needs no project role: it is granted run.invoker on the backend service alone.
+ensure_frontend_service_account() {
+  ensure_service_account "${FRONTEND_SERVICE_ACCOUNT}" \
+    "Baked Vision frontend (invokes the private backend)"
 }

@@ -4,10 +4,8 @@
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-
-# The port the images listen on (ENV PORT / EXPOSE in docker/*.Dockerfile). --port also sets
-# $PORT in the container, so the two can never disagree at run time.
-CONTAINER_PORT=8080
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/cloud_run.sh"
 
 usage() {
   cat <<USAGE
@@ -31,60 +29,21 @@ MAX_INSTANCES, STARTUP_BUDGET_SECONDS, FRONTEND_SERVICE_ACCOUNT, *_EXTRA_ENV.
 USAGE
 }
 
-# Comma-join the arguments that are not empty.
-join_env() {
-  local joined="" item
-  for item in "$@"; do
-    [[ -n "${item}" ]] && joined+="${joined:+,}${item}"
-  done
-  echo "${joined}"
-}
-
-# An HTTP startup probe: Cloud Run sends no traffic until it answers 200. Probing every second
-# adds at most a second to a cold start; the failure threshold spreads the budget over it.
-startup_probe() {
-  local path="$1"
-  local settings=(
-    "httpGet.path=${path}"
-    "httpGet.port=${CONTAINER_PORT}"
-    periodSeconds=1
-    timeoutSeconds=1
-    "failureThreshold=${STARTUP_BUDGET_SECONDS}"
-  )
-  join_env "${settings[@]}"
-}
-
 deploy_backend() {
   local version="$1" image_uri="$2" private="$3"
   local memory_var="BACKEND_${version^^}_MEMORY" cpu_var="BACKEND_${version^^}_CPU"
-  require_config "${memory_var}" "${cpu_var}" BACKEND_THREADS MAX_INSTANCES STARTUP_BUDGET_SECONDS
+  require_config "${memory_var}" "${cpu_var}" BACKEND_THREADS
   local access=--allow-unauthenticated
   if [[ "${private}" == true ]]; then
     access=--no-allow-unauthenticated
   fi
   # MODELS is also baked into the image; setting it here keeps the service's configuration
   # complete in one place (--set-env-vars replaces all variables of the previous revision).
-  # One number sets both gunicorn's threads and Cloud Run's concurrency: each request Cloud
-  # Run lets in gets a thread, and none waits in the instance for one.
   local env
   env="$(join_env "MODELS=${version}" "GUNICORN_THREADS=${BACKEND_THREADS}" "${BACKEND_EXTRA_ENV}")"
-  run gcloud run deploy "$(service_name "backend_${version}")" \
-    --project="${PROJECT_ID}" \
-    --region="${REGION}" \
-    --image="${image_uri}" \
-    --port="${CONTAINER_PORT}" \
-    --memory="${!memory_var}" \
-    --cpu="${!cpu_var}" \
-    --concurrency="${BACKEND_THREADS}" \
-    --cpu-boost \
-    --startup-probe="$(startup_probe /readyz)" \
-    --timeout=60 \
-    --min-instances=0 \
-    --max-instances="${MAX_INSTANCES}" \
-    --set-env-vars="${env}" \
-    --labels="app=baked-vision,component=backend,version=${version}" \
-    "${access}" \
-    --quiet
+  deploy_backend_service "$(service_name "backend_${version}")" "${image_uri}" \
+    "${!memory_var}" "${!cpu_var}" "${env}" \
+    "app=baked-vision,component=backend,version=${version}" "${access}"
 }
 
 deploy_frontend() {
@@ -120,27 +79,9 @@ deploy_frontend() {
     identity=(--service-account="${account}")
   fi
 
-  # Streamlit holds each browser session in one process over a websocket: session affinity
-  # keeps a session on its instance, and the websocket lives as long as the request timeout.
-  run gcloud run deploy "$(service_name "frontend_${version}")" \
-    --project="${PROJECT_ID}" \
-    --region="${REGION}" \
-    --image="${image_uri}" \
-    --port="${CONTAINER_PORT}" \
-    --memory="${FRONTEND_MEMORY}" \
-    --cpu="${FRONTEND_CPU}" \
-    --concurrency="${FRONTEND_CONCURRENCY}" \
-    --cpu-boost \
-    --startup-probe="$(startup_probe /_stcore/health)" \
-    --session-affinity \
-    --timeout=3600 \
-    --min-instances=0 \
-    --max-instances="${MAX_INSTANCES}" \
-    --set-env-vars="$(join_env "${env[@]}" "${FRONTEND_EXTRA_ENV}")" \
-    --labels="app=baked-vision,component=frontend,version=${version}" \
-    "${identity[@]}" \
-    --allow-unauthenticated \
-    --quiet
+  deploy_frontend_service "$(service_name "frontend_${version}")" "${image_uri}" \
+    "$(join_env "${env[@]}" "${FRONTEND_EXTRA_ENV}")" \
+    "app=baked-vision,component=frontend,version=${version}" "${identity[@]}"
 }
 
 main() {
