@@ -168,7 +168,11 @@ def test_deploy_backend_runs_the_latest_build_with_its_sizing(gcloud, version, m
     assert probe["httpGet.port"] == "8080"
     assert int(probe["periodSeconds"]) * int(probe["failureThreshold"]) <= 240
     assert int(probe["timeoutSeconds"]) <= int(probe["periodSeconds"])
-    assert env_vars(deploy) == {"MODELS": version, "GUNICORN_THREADS": "8"}
+    assert env_vars(deploy) == {
+        "MODELS": version,
+        "GUNICORN_THREADS": "8",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,  # full trace names in the logs
+    }
     assert "--allow-unauthenticated" in deploy
     assert "--no-allow-unauthenticated" not in deploy
 

@@ -40,7 +40,9 @@ deploy_backend() {
   # MODELS is also baked into the image; setting it here keeps the service's configuration
   # complete in one place (--set-env-vars replaces all variables of the previous revision).
   local env
-  env="$(join_env "MODELS=${version}" "GUNICORN_THREADS=${BACKEND_THREADS}" "${BACKEND_EXTRA_ENV}")"
+  # GOOGLE_CLOUD_PROJECT: Cloud Run does not set it; the logs need it for full trace names.
+  env="$(join_env "MODELS=${version}" "GUNICORN_THREADS=${BACKEND_THREADS}" \
+    "GOOGLE_CLOUD_PROJECT=${PROJECT_ID}" "${BACKEND_EXTRA_ENV}")"
   deploy_backend_service "$(service_name "backend_${version}")" "${image_uri}" \
     "${!memory_var}" "${!cpu_var}" "${env}" \
     "app=baked-vision,component=backend,version=${version}" "${access}"
