@@ -1,14 +1,19 @@
 """Pure inference: preprocess -> forward -> postprocess, with per-stage timings.
 
 No Flask here: `predict` takes a decoded RGB image and a served model and returns plain
-data. The forward pass waits on a semaphore so that concurrent requests don't run more
-forward passes at once than the cores can carry (each already uses `torch_threads`).
+data. The tensor work runs on a small pool of dedicated inference threads
+(INFERENCE_CONCURRENCY, default 1), never on the request threads:
+- it bounds how many forward passes run at once, so concurrent requests don't
+  oversubscribe the cores (each forward already uses `torch_threads`);
+- PyTorch's OpenMP keeps one thread team per calling thread; spread over gunicorn's 8
+  request threads, 8 teams would each start cold and spin against each other
+  (measured: /predict 1.37x the bare forward that way, see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -19,10 +24,10 @@ from weights.store import LoadedModel
 
 @dataclass
 class ServedModel:
-    """A loaded model with what a request needs: labels, preprocessing, a forward gate."""
+    """A loaded model with what a request needs: labels, preprocessing, its runner."""
 
     loaded: LoadedModel
-    gate: threading.BoundedSemaphore
+    runner: ThreadPoolExecutor  # the inference threads, shared by every model
     channels_last: bool = False
     categories: list[str] = field(init=False)
 
@@ -60,28 +65,32 @@ class Prediction:
 def predict(image: Image.Image, served: ServedModel, top_k: int) -> Prediction:
     """The top-k ImageNet classes of `image` under `served`, best first."""
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    batch = served.transforms(image).unsqueeze(0)
-    if served.channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    timings["preprocess"] = ms_since(start)
+    submitted = time.perf_counter()
 
-    start = time.perf_counter()
-    with served.gate:
-        timings["queue"] = ms_since(start)
+    def work() -> list[dict]:  # runs on an inference thread
+        timings["queue"] = ms_since(submitted)
+        start = time.perf_counter()
+        batch = served.transforms(image).unsqueeze(0)
+        if served.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        timings["preprocess"] = ms_since(start)
+
         start = time.perf_counter()
         with torch.inference_mode():
             logits = served.loaded.module(batch)
         timings["forward"] = ms_since(start)
 
-    start = time.perf_counter()
-    probabilities = torch.softmax(logits[0].float(), dim=0)
-    values, indices = torch.topk(probabilities, k=min(top_k, probabilities.numel()))
-    top = [
-        {"label": served.categories[i], "index": i, "probability": round(float(p), 6)}
-        for p, i in zip(values.tolist(), indices.tolist(), strict=True)
-    ]
-    timings["postprocess"] = ms_since(start)
+        start = time.perf_counter()
+        probabilities = torch.softmax(logits[0].float(), dim=0)
+        values, indices = torch.topk(probabilities, k=min(top_k, probabilities.numel()))
+        top = [
+            {"label": served.categories[i], "index": i, "probability": round(float(p), 6)}
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+        timings["postprocess"] = ms_since(start)
+        return top
+
+    top = served.runner.submit(work).result()
     return Prediction(model=served.id, top=top, timings_ms=timings)
 
 

@@ -46,7 +46,9 @@ def baked(weights_dir: Path, ids: list[str], work: Path, extra_env: dict | None 
         target.stop()
     loading = next(e for e in events if e.get("event") == "loading")
     ready = next(e for e in events if e.get("event") == "ready")
+    verified = next(e for e in events if e.get("event") == "verified")
     phases = {"import": log_time(loading) - target.launched_at}
+    phases["verify"] = verified["verify_ms"] / 1000  # all files, hashed in parallel
     for key in ("verify", "read", "build", "warm_up"):
         phases[key] = (
             sum(e["timings_ms"][key] for e in events if e.get("event") == "model_loaded") / 1000

@@ -81,12 +81,39 @@ def print_knobs(result: dict) -> None:
 
 
 def print_containers(result: dict) -> None:
-    print("\ncontainers: podman run to first 200 (seconds, median)")
-    rows = [[name, v["total_s"], v["all_s"]] for name, v in result.items() if "total_s" in v]
-    print(table(["image", "total", "runs"], rows))
+    print("\ncontainers: `podman run` to the first prediction (seconds, median)")
+    rows = []
     for name, v in result.items():
         if "skipped" in v:
             print(f"{name}: skipped: {v['skipped']}")
+            continue
+        rows.append(
+            [
+                name,
+                v["baked"]["total_s"],
+                v["download"]["total_s"],
+                v["floor"]["total_s"],
+                v["baked"]["total_s"] / v["floor"]["total_s"],
+                v["image_mb"],
+                v["base_build_s"],
+                v["code_build_s"],
+            ]
+        )
+    print(
+        table(
+            [
+                "set",
+                "baked",
+                "download",
+                "floor",
+                "baked/floor",
+                "image MB",
+                "base build s",
+                "code build s",
+            ],
+            rows,
+        )
+    )
 
 
 def chart(results: dict, path: Path, model: str) -> None:

@@ -51,6 +51,7 @@ class WeightsStore:
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
         self._records: dict[str, LockedFile] | None = None
+        self._hashed: set[str] = set()  # ids whose file's sha256 matched (files don't change)
         go_offline()
 
     def _fetch_hint(self, model_id: str) -> str:
@@ -129,12 +130,15 @@ class WeightsStore:
     ) -> tuple[LockedFile, ModelEntry, Path]:
         record, entry = self.check(model_id, allow_untrained=allow_untrained)
         path = self.directory / record.file
+        if model_id in self._hashed:
+            return record, entry, path
         digest = sha256_of(path)
         if digest != record.sha256:
             raise WeightsError(
                 f"weights file {path} has sha256 {digest}, the lock says {record.sha256}: "
                 f"it is corrupt or was replaced. Recreate it with: {self._fetch_hint(model_id)}"
             )
+        self._hashed.add(model_id)
         return record, entry, path
 
     def load(self, model_id: str, *, allow_untrained: bool = False) -> LoadedModel:
