@@ -60,6 +60,10 @@ def main() -> int:
         }
     }
     args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after each part: a failure later keeps what was measured
+        (args.out / "results.json").write_text(json.dumps(results, indent=2))
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if "coldstart" in parts:
@@ -73,6 +77,7 @@ def main() -> int:
                         weights_dir, ids, args.runs, cold_cache=True
                     )
                 report.print_coldstart(name, results["coldstart"][name])
+                save()
         if "serving" in parts:
             results["serving"] = {
                 "bare": {serve_model: serving.bare(weights_dir, serve_model, 30)},
@@ -84,6 +89,7 @@ def main() -> int:
                     weights_dir, big, work, n=5, clients=(), seconds=0
                 )
             report.print_serving(results["serving"], serve_model)
+            save()
         if "knobs" in parts:
             results["knobs"] = {}
             for name, env in KNOBS.items():
@@ -92,10 +98,11 @@ def main() -> int:
                 )
                 results["knobs"][name] = run["models"][serve_model]
             report.print_knobs(results["knobs"])
+            save()
         if "containers" in parts:
             results["containers"] = containers.run(sets, args.runs, work)
             report.print_containers(results["containers"])
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    save()
     report.chart(results, args.out / "chart.png", serve_model)
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'chart.png'}")
     return 0

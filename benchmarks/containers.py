@@ -109,7 +109,7 @@ def _run_baked(image: str, ids: list[str]) -> float:
     started = time.time()
     name = f"bench-baked-{port}"
     containers.podman(
-        "run", "-d", "--init", "--name", name, "-p", f"127.0.0.1:{port}:8080",
+        "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
         "-e", "ALLOW_UNTRAINED_WEIGHTS=1", image,
     )  # fmt: skip
     try:
@@ -125,7 +125,7 @@ def _run_download(image: str, ids: list[str], urls: dict[str, str]) -> float:
     name = f"bench-download-{port}"
     # The host's network: the container reaches the file server on 127.0.0.1.
     containers.podman(
-        "run", "-d", "--init", "--name", name, "--network", "host",
+        "run", "-d", "--name", name, "--network", "host",
         "-v", f"{ROOT / 'benchmarks'}:/app/benchmarks:ro", "-e", f"BENCH_MODELS={spec}",
         "-e", f"PORT={port}", image,
         "gunicorn", "--config", "python:backend.gunicorn_conf", "benchmarks.assignment_app:app",
