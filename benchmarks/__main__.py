@@ -42,15 +42,24 @@ def main() -> int:
         "--only", default="coldstart,serving,knobs,containers", help="comma-separated parts"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=ROOT / ".local" / "bench-weights",
+        help="where the generated weights are kept between runs",
+    )
     args = parser.parse_args()
     parts = set(args.only.split(","))
     catalog = load_catalog()
     sets = {"resnet152": ["resnet152"], "v2": catalog.select("v2")}
     serve_model = "resnet152"
+    # requests for latency, client counts and seconds per throughput point
+    load = {"n": 30, "clients": (1, 2, 4, 8), "seconds": 12.0}
     if args.quick:
         sets, serve_model, args.runs = {"resnet18": ["resnet18"]}, "resnet18", 1
+        load = {"n": 5, "clients": (1, 2), "seconds": 2.0}
     all_ids = list(dict.fromkeys(i for ids in sets.values() for i in ids))
-    weights_dir = bench_weights(all_ids, ROOT / ".local" / "bench-weights")
+    weights_dir = bench_weights(all_ids, args.weights_dir)
     results: dict = {
         "machine": {
             "cpus": len(os.sched_getaffinity(0)),
@@ -80,8 +89,8 @@ def main() -> int:
                 save()
         if "serving" in parts:
             results["serving"] = {
-                "bare": {serve_model: serving.bare(weights_dir, serve_model, 30)},
-                "backend": serving.backend_run(weights_dir, [serve_model], work),
+                "bare": {serve_model: serving.bare(weights_dir, serve_model, load["n"])},
+                "backend": serving.backend_run(weights_dir, [serve_model], work, **load),
             }
             big = sets.get("v2")
             if big:

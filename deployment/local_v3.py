@@ -180,6 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=ROOT / ".local" / "v3")
     parser.add_argument("--allow-untrained", action="store_true", help="serve demo weights")
     args = parser.parse_args(argv)
+    # SIGTERM ends the process the way Ctrl-C does: through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _serve(args)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
     with run_local_v3(
         weights_dir=args.weights_dir.resolve(),
         models=args.models,
@@ -194,12 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         if stack.frontend_url:
             print(f"page:     {stack.frontend_url}")
         print(f"logs in {args.work_dir}; Ctrl-C stops everything", flush=True)
-        try:
-            while all(p.poll() is None for p in stack.processes):
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-    return 0
+        while all(p.poll() is None for p in stack.processes):
+            time.sleep(1)
+    print("a process of the stack stopped; stopped the rest", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -161,3 +161,63 @@ def test_offline_it_starts_both_with_labelled_demo_weights_and_ctrl_c_stops_both
     for port in (backend_port, frontend_port):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+
+
+def test_dry_run_of_v3_starts_the_local_gateway_stack():
+    lines = run("--dry-run", "--version", "v3").stdout.splitlines()
+    assert any("deployment/local_v3.py" in line and "--models v2" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_v3_offline_runs_one_backend_per_model_behind_the_gateway(tmp_path):
+    gateway_port, frontend_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            str(RUN),
+            "--version",
+            "v3",
+            "--offline",
+            "--backend-port",
+            str(gateway_port),
+            "--frontend-port",
+            str(frontend_port),
+            "--weights-dir",
+            str(tmp_path / "weights"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "MODELS": "small"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        output.wait_for("Ctrl-C stops everything", timeout=300)
+        gateway = f"http://127.0.0.1:{gateway_port}"
+        assert requests.get(f"{gateway}/models", timeout=5).json() == [
+            "resnet18",
+            "mobilenet_v3_large",
+        ]
+        answer = requests.post(
+            f"{gateway}/model/mobilenet_v3_large/predict",
+            files={"image": ("x.png", _png(), "image/png")},
+            timeout=60,
+        ).json()
+        assert answer["model"] == "mobilenet_v3_large" and answer["untrained"] is True
+        page = f"http://127.0.0.1:{frontend_port}"
+        assert requests.get(f"{page}/_stcore/health", timeout=5).status_code == 200
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert process.wait(60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    for port in (gateway_port, frontend_port):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+
+
+def _png() -> bytes:
+    from tests.upstream import PNG_BYTES
+
+    return PNG_BYTES
