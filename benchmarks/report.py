@@ -149,6 +149,7 @@ def chart(results: dict, path: Path, model: str) -> None:
             clients = [t["clients"] for t in served["throughput"]]
             ax.plot(clients, [t["rps"] for t in served["throughput"]], "o-", label="/predict")
             ax.axhline(bare, color="grey", linestyle="--", label="bare sequential")
+            ax.set_ylim(bottom=0)
             ax.set_xlabel("concurrent clients")
             ax.set_ylabel("requests per second")
             ax.set_title(f"throughput, {model}")
