@@ -18,14 +18,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import requests
-
 from benchmarks.harness import (
     ROOT,
     FileServer,
     architecture,
     free_port,
     median,
+    poll_prediction,
     test_image,
 )
 from tests import containers
@@ -86,22 +85,8 @@ def _images(name: str, ids: list[str], urls: dict[str, str], work: Path) -> tupl
     }
 
 
-def _first_200(url: str, model: str, started: float, timeout: float = 300) -> float:
-    image = test_image()
-    while time.time() - started < timeout:
-        try:
-            response = requests.post(
-                f"{url}/predict",
-                files={"image": ("x.jpg", image, "image/jpeg")},
-                data={"model": model},
-                timeout=60,
-            )
-            if response.status_code == 200:
-                return time.time() - started
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"no prediction from {url} within {timeout}s")
+def _first_200(url: str, model: str, started: float) -> float:
+    return poll_prediction(url, test_image(), model) - started
 
 
 def _run_baked(image: str, ids: list[str]) -> float:

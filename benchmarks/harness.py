@@ -135,15 +135,21 @@ def gunicorn(app: str | None = None) -> list[str]:
     return [*command, app] if app else command
 
 
-def first_prediction(target: Launched, image: bytes, model: str, timeout: float = 300) -> float:
-    """Wall-clock time of the first 200 from POST /predict, polling from launch."""
+def poll_prediction(
+    url: str, image: bytes, model: str, *, timeout: float = 300, alive=None
+) -> float:
+    """Wall-clock time of the first 200 from POST /predict at `url`, polling from now.
+
+    `alive()` (optional) says whether the server is still running: a server that died
+    fails at once instead of at the timeout.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if target.process.poll() is not None:
-            raise RuntimeError(f"exited {target.process.returncode}: {target.log_path.read_text()}")
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server at {url} stopped before it answered")
         try:
             response = requests.post(
-                f"{target.url}/predict",
+                f"{url}/predict",
                 files={"image": ("x.jpg", image, "image/jpeg")},
                 data={"model": model},
                 timeout=60,
@@ -153,7 +159,17 @@ def first_prediction(target: Launched, image: bytes, model: str, timeout: float 
         except requests.ConnectionError:
             pass
         time.sleep(0.05)
-    raise TimeoutError(f"no prediction within {timeout}s: {target.log_path.read_text()[-2000:]}")
+    raise TimeoutError(f"no prediction from {url} within {timeout}s")
+
+
+def first_prediction(target: Launched, image: bytes, model: str, timeout: float = 300) -> float:
+    """Wall-clock time of a launched process's first 200 (its log on failure)."""
+    try:
+        return poll_prediction(
+            target.url, image, model, timeout=timeout, alive=lambda: target.process.poll() is None
+        )
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}:\n{target.log_path.read_text()[-3000:]}") from exc
 
 
 def log_time(event: dict) -> float:

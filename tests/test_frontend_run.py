@@ -43,13 +43,13 @@ def test_shellcheck_is_clean():
 def test_help_describes_the_options():
     result = run("--help")
     assert result.returncode == 0
-    for option in ("--version v1|v2", "--backend-port", "--frontend-port", "--dry-run"):
+    for option in ("--version v1|v2|v3", "--backend-port", "--frontend-port", "--dry-run"):
         assert option in result.stdout
 
 
 @pytest.mark.parametrize(
     "args",
-    [["--bogus"], ["--version", "v3"], ["--backend-port", "http"], ["--frontend-port", "0"]],
+    [["--bogus"], ["--version", "v4"], ["--backend-port", "http"], ["--frontend-port", "0"]],
 )
 def test_wrong_options_exit_2_with_a_message(args):
     result = run(*args)
