@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -33,6 +34,19 @@ sys.path.insert(0, str(ROOT / "deployment"))
 from gateway import nginx_config  # noqa: E402
 
 from weights.catalog import load_catalog  # noqa: E402
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the launcher dies, however it dies.
+
+    Ctrl-C and SIGTERM reach the launcher, which stops every process itself; this covers
+    a SIGKILL (a test's timeout, the OOM killer), which would otherwise leave orphans
+    holding the ports.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -117,6 +131,7 @@ def run_local_v3(
                 env={**base_env, "MODELS": model_id, "PORT": str(backend_port)},
                 stdout=log.open("w"),
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
             processes.append(process)
             backends[model_id] = f"http://127.0.0.1:{backend_port}"
@@ -134,6 +149,7 @@ def run_local_v3(
             [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         processes.append(nginx)
         gateway_url = f"http://127.0.0.1:{gateway_port}"
@@ -153,6 +169,7 @@ def run_local_v3(
                 },
                 stdout=log.open("w"),
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
             processes.append(frontend)
             stack.frontend_url = f"http://127.0.0.1:{frontend_port}"

@@ -150,3 +150,40 @@ def test_local_v3_routes_each_model_to_its_own_service(baked_dir, weights_origin
         backend_error = requests.post(f"{gw}/model/resnet18/predict", json={"url": ""}, timeout=10)
         assert backend_error.status_code == 400  # the backend's own JSON error, passed through
         assert backend_error.json()["error"]["code"] == "bad_request"
+
+
+@pytest.mark.slow
+def test_local_v3_leaves_no_process_behind_even_when_killed(baked_dir, weights_origin, tmp_path):
+    """SIGKILL can't be handled: the children must go by themselves (PR_SET_PDEATHSIG)."""
+    import os
+    import re
+    import signal
+    import socket
+    import time
+
+    port = local_v3.free_port()
+    launcher = subprocess.Popen(
+        [sys.executable, "deployment/local_v3.py", "--weights-dir", str(baked_dir),
+         "--models", "resnet18", "--port", str(port), "--frontend-port", "0",
+         "--work-dir", str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "WEIGHTS_CATALOG": str(weights_origin.catalog_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output = ""
+    for line in launcher.stdout:
+        output += line
+        if "Ctrl-C stops everything" in line:
+            break
+    backend_port = int(re.search(r"resnet18\s+http://127.0.0.1:(\d+)", output).group(1))
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait(10)
+
+    def serving(p: int) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", p)) == 0
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (serving(port) or serving(backend_port)):
+        time.sleep(0.2)
+    assert not serving(port), "nginx outlived its launcher"
+    assert not serving(backend_port), "the backend outlived its launcher"
