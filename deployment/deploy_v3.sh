@@ -239,12 +239,7 @@ main() {
   local routes=() service url
   for model in "${models[@]}"; do
     service="$(backend_service "${model}")"
-    run gcloud run services add-iam-policy-binding "${service}" \
-      --project="${PROJECT_ID}" \
-      --region="${REGION}" \
-      --member="serviceAccount:${account}" \
-      --role=roles/run.invoker \
-      --quiet
+    grant_invoker "${service}" "${account}"
     query url "https://${service}.dry-run.invalid" \
       gcloud run services describe "${service}" \
       --project="${PROJECT_ID}" \

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from tests.backend_process import ROOT, free_port
+from tests.backend_process import ROOT, free_port, stop_process
 
 
 @dataclass
@@ -38,13 +38,7 @@ class FrontendProcess:
         raise TimeoutError(f"frontend not healthy after {timeout}s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_frontend(log_path: Path, **env: str) -> FrontendProcess:

@@ -87,3 +87,14 @@ deploy_frontend_service() {
     --allow-unauthenticated \
     --quiet
 }
+
+# Let ACCOUNT (a service account email) invoke Cloud Run service SERVICE (idempotent).
+grant_invoker() {
+  local service="$1" account="$2"
+  run gcloud run services add-iam-policy-binding "${service}" \
+    --project="${PROJECT_ID}" \
+    --region="${REGION}" \
+    --member="serviceAccount:${account}" \
+    --role=roles/run.invoker \
+    --quiet
+}

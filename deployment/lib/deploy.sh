@@ -71,12 +71,7 @@ deploy_frontend() {
     ensure_frontend_service_account
     # Only this account may call the backend; the frontend proves it with an ID token whose
     # audience is the backend's URL.
-    run gcloud run services add-iam-policy-binding "${backend}" \
-      --project="${PROJECT_ID}" \
-      --region="${REGION}" \
-      --member="serviceAccount:${account}" \
-      --role=roles/run.invoker \
-      --quiet
+    grant_invoker "${backend}" "${account}"
     env+=("BACKEND_AUTH=id_token")
     identity=(--service-account="${account}")
   fi
