@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.backend_process import ROOT, free_port
+from tests.backend_process import ROOT, free_port, port_served
 
 RUN = ROOT / "scripts" / "run"
 
@@ -159,8 +159,7 @@ def test_offline_it_starts_both_with_labelled_demo_weights_and_ctrl_c_stops_both
             process.kill()
             process.wait()
     for port in (backend_port, frontend_port):
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+        assert not port_served(port), f"port {port} still served"
 
 
 def test_dry_run_of_v3_starts_the_local_gateway_stack():
@@ -213,8 +212,7 @@ def test_v3_offline_runs_one_backend_per_model_behind_the_gateway(tmp_path):
             process.kill()
             process.wait()
     for port in (gateway_port, frontend_port):
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+        assert not port_served(port), f"port {port} still served"
 
 
 def _png() -> bytes:

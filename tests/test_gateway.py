@@ -12,6 +12,7 @@ import requests
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
+from tests.backend_process import port_served
 from tests.upstream import PNG_BYTES
 from weights.catalog import load_catalog
 
@@ -158,7 +159,6 @@ def test_local_v3_leaves_no_process_behind_even_when_killed(baked_dir, weights_o
     import os
     import re
     import signal
-    import socket
     import time
 
     port = local_v3.free_port()
@@ -178,12 +178,8 @@ def test_local_v3_leaves_no_process_behind_even_when_killed(baked_dir, weights_o
     launcher.send_signal(signal.SIGKILL)
     launcher.wait(10)
 
-    def serving(p: int) -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", p)) == 0
-
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and (serving(port) or serving(backend_port)):
+    while time.monotonic() < deadline and (port_served(port) or port_served(backend_port)):
         time.sleep(0.2)
-    assert not serving(port), "nginx outlived its launcher"
-    assert not serving(backend_port), "the backend outlived its launcher"
+    assert not port_served(port), "nginx outlived its launcher"
+    assert not port_served(backend_port), "the backend outlived its launcher"
