@@ -6,21 +6,21 @@ import logging
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import replace
 
 from flask import Flask, Response, g, jsonify, request
-from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from backend.errors import ApiError
 from backend.imaging import ImagePolicy
 from backend.logs import configure_logging, request_context, trace_fields
+from backend.process import configure_process
 from backend.registry import WORKER_BOOT_ERROR, ModelRegistry
 from backend.routes import api
+from backend.services import Services, services
 from backend.settings import Settings, SettingsError
 from backend.urlfetch import FetchPolicy
-from weights.store import WeightsError
+from runtime.bundle import BundleError
 
 log = logging.getLogger("backend")
 
@@ -28,27 +28,26 @@ log = logging.getLogger("backend")
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app. Models load here (or in the background if configured)."""
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_level)
-    # A decompression bomb is an error, not a warning: Pillow's warning (above its
-    # MAX_IMAGE_PIXELS) becomes an exception that image intake answers with 413.
-    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    configure_process(settings.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # no HTML OPTIONS answers: a JSON 405
     app.json.sort_keys = False
 
-    app.extensions["settings"] = settings
-    app.extensions["fetch_policy"] = FetchPolicy(
-        allowed_ports=settings.url_allowed_ports,
-        allow_loopback=settings.url_allow_loopback,
-        connect_timeout_s=settings.url_connect_timeout_s,
-        total_timeout_s=settings.url_total_timeout_s,
-        max_bytes=settings.max_image_bytes,
-    )
-    app.extensions["image_policy"] = ImagePolicy(max_pixels=settings.max_image_pixels)
-    registry = ModelRegistry(settings)  # raises WeightsError: the process refuses to start
-    app.extensions["registry"] = registry
-    registry.start()
+    models = ModelRegistry(settings)  # raises BundleError: the process refuses to start
+    Services(
+        settings=settings,
+        models=models,
+        fetch_policy=FetchPolicy(
+            allowed_ports=settings.url_allowed_ports,
+            allow_loopback=settings.url_allow_loopback,
+            connect_timeout_s=settings.url_connect_timeout_s,
+            total_timeout_s=settings.url_total_timeout_s,
+            max_bytes=settings.max_image_bytes,
+        ),
+        image_policy=ImagePolicy(max_pixels=settings.max_image_pixels),
+    ).install(app)
+    models.start()
 
     app.register_blueprint(api)
     _register_error_handlers(app)
@@ -59,16 +58,21 @@ def create_app(settings: Settings | None = None) -> Flask:
 def create_production_app() -> Flask:
     """gunicorn's entry point: settings from the environment, models loaded after bind.
 
-    A wrong setting or missing weights stop the server with one clear log line: the
+    A wrong setting or a missing bundle stop the server with one clear log line: the
     worker exits with gunicorn's boot-error code, which halts gunicorn (non-zero).
     """
     try:
         settings = replace(Settings.from_env(), background_load=True, exit_on_load_failure=True)
         return create_app(settings)
-    except (SettingsError, WeightsError) as exc:
+    except (SettingsError, BundleError) as exc:
         configure_logging("INFO")
         log.critical("refusing to start: %s", exc, extra={"event": "start_refused"})
         sys.exit(WORKER_BOOT_ERROR)
+
+
+def stop_loading(app: Flask) -> None:
+    """Tell the app's model loading to end at its next step (the process is exiting)."""
+    services(app).models.stop()
 
 
 def _register_error_handlers(app: Flask) -> None:

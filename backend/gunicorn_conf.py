@@ -3,10 +3,10 @@
 - One worker per instance, so one copy of the models in memory; Cloud Run scales by
   adding instances. Threads (gthread) serve concurrent requests; the app bounds how many
   forward passes run at once (INFERENCE_CONCURRENCY) so threads don't oversubscribe cores.
-- No preload: models load inside the worker, after fork (PyTorch can hang in a forked
-  child whose parent already started its thread pools).
+- No preload: models load inside the worker, after fork (ONNX Runtime's thread pools, like
+  any threads, do not survive a fork).
 - graceful_timeout under Cloud Run's 10 s between SIGTERM and SIGKILL: in-flight requests
-  finish, then the worker exits.
+  finish, then the worker exits; `worker_exit` stops a model load still in progress.
 Values come from the backend's one settings object, so a wrong variable stops the master
 with a message naming it, before any worker starts.
 """
@@ -36,3 +36,16 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 control_socket_disable = True
 # Cloud Run terminates TLS in front of us; trust its X-Forwarded-* headers.
 forwarded_allow_ips = "*"
+
+
+def worker_exit(server, worker) -> None:
+    """In the worker, as it exits (SIGTERM included): end a model load at its next step.
+
+    The loader thread is not a daemon, so the interpreter waits for it; without this it would
+    wait for the whole load (or, were it a daemon, tear ONNX Runtime down under it).
+    """
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        from backend.app import stop_loading
+
+        stop_loading(app)

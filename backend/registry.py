@@ -1,7 +1,15 @@
-"""The models this instance serves: loaded once at start, read-only afterwards.
+"""The models this instance serves: bundles checked at start, opened once, read-only afterwards.
 
 Requests only ever look models up; nothing a request does can change which model another
 request gets (the assignment's `PUT /model/<id>` bug is impossible by construction).
+
+Start, in order: before the server binds, cheap checks (the index, every bundle's manifest,
+every file present with its size, demo weights allowed or not); then, in a loader thread,
+every file's sha256 (in parallel: hashlib releases the GIL), one ONNX Runtime session per
+bundle, and its reference image answered as the build verified it (the warm-up). /ready says
+200 only after all of it. A stop request (the worker exiting on SIGTERM) is honoured between
+steps: the loader is not a daemon, so the interpreter waits for the step in progress instead
+of tearing down ONNX Runtime under it.
 """
 
 from __future__ import annotations
@@ -12,13 +20,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
-
 from backend.errors import NotReady, UnknownModel
-from backend.inference import ServedModel, warm_up
 from backend.settings import Settings
-from weights.catalog import Catalog, CatalogError, load_catalog
-from weights.store import WeightsError, WeightsStore
+from runtime.bundle import GRAPH, Bundle, BundleError, BundleIndex, fix_command, read_index
+from runtime.selection import SelectionError
+from runtime.session import ModelSession
 
 log = logging.getLogger(__name__)
 
@@ -27,64 +33,90 @@ WORKER_BOOT_ERROR = 3
 
 
 class ModelRegistry:
-    """Loads every configured model from the baked directory, warms each up, then serves."""
+    """Every configured bundle, checked, then opened and warmed up; then served."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = WeightsStore(settings.weights_dir)
-        try:
-            catalog: Catalog = load_catalog(settings.catalog_path)
-            self.ids = catalog.select(settings.models)
-        except CatalogError as exc:
-            raise WeightsError(f"MODELS={settings.models!r}: {exc}") from exc
+        directory = settings.bundles_dir
+        index = read_index(directory)
+        self.ids = self._served(index, settings.models)
         self.default_id = settings.default_model or (
-            catalog.default if catalog.default in self.ids else self.ids[0]
+            index.default if index.default in self.ids else self.ids[0]
         )
         if self.default_id not in self.ids:
-            raise WeightsError(
-                f"DEFAULT_MODEL={self.default_id!r} is not among MODELS ({', '.join(self.ids)})"
+            raise BundleError(
+                f"DEFAULT_MODEL={self.default_id!r} is not among the models served "
+                f"({', '.join(self.ids)})"
             )
-        self.listed_ids = self._listed(catalog, settings.listed_models)
-        self._models: dict[str, ServedModel] = {}
-        self._runner = ThreadPoolExecutor(
+        self.listed_ids = self._listed(index, settings.listed_models)
+        self.bundles = {model_id: self._checked(model_id) for model_id in self.ids}
+        self.runner = ThreadPoolExecutor(
             max_workers=settings.inference_concurrency, thread_name_prefix="inference"
         )
+        self._sessions: dict[str, ModelSession] = {}
         self._ready = threading.Event()
+        self._stop = threading.Event()
         self.failure: str | None = None
-        self._check_baked()
 
-    def _listed(self, catalog: Catalog, listed: str | None) -> list[str]:
+    def _served(self, index: BundleIndex, models: str | None) -> list[str]:
+        try:
+            ids = index.select(models)
+        except SelectionError as exc:
+            raise BundleError(f"MODELS={models!r}: {exc}") from exc
+        missing = [i for i in ids if i not in index.models]
+        if missing or not ids:
+            directory = self.settings.bundles_dir
+            raise BundleError(
+                f"MODELS={models!r} names {', '.join(missing) or 'nothing'}, not baked in "
+                f"{directory} (it holds: {', '.join(index.models) or 'nothing'}). "
+                f"Add them with: {fix_command(','.join(missing) or 'v1', directory)}"
+            )
+        return ids
+
+    def _listed(self, index: BundleIndex, listed: str | None) -> list[str]:
         """GET /models: this service's models, or (v3) every model behind the gateway."""
         if listed is None:
             return self.ordered_ids()
         try:
-            ids = catalog.select(listed)
-        except CatalogError as exc:
-            raise WeightsError(f"LISTED_MODELS={listed!r}: {exc}") from exc
-        first = catalog.default if catalog.default in ids else ids[0]
+            ids = index.select(listed)
+        except SelectionError as exc:
+            raise BundleError(f"LISTED_MODELS={listed!r}: {exc}") from exc
+        first = index.default if index.default in ids else ids[0]
         return [first, *[i for i in ids if i != first]]
 
-    def _check_baked(self) -> None:
-        """Cheap checks before the server binds: every model baked, allowed, present."""
-        self.records = {
-            model_id: self.store.check(model_id, allow_untrained=self.settings.allow_untrained)[0]
-            for model_id in self.ids
-        }
+    def _fix(self, model_id: str) -> str:
+        return fix_command(model_id, self.settings.bundles_dir) + " (in an image: rebuild its base)"
+
+    def _checked(self, model_id: str) -> Bundle:
+        """The bundle, after the cheap checks a server runs before it binds its port."""
+        bundle = Bundle.read(self.settings.bundles_dir / model_id, fix=self._fix(model_id))
+        if bundle.manifest.untrained and not self.settings.allow_untrained:
+            raise BundleError(
+                f"bundle {bundle.directory} was compiled from untrained demo weights; images "
+                "never serve them (ALLOW_UNTRAINED_WEIGHTS=1 is for a local demo only). Build "
+                f"it from the real weights: {self._fix(model_id)}"
+            )
+        bundle.check(fix=self._fix(model_id))
+        return bundle
 
     # --- loading -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load now, or in a background thread if configured (then /readyz says when)."""
-        torch.set_num_threads(self.settings.torch_threads)
+        """Load now, or in a background thread if configured (then /ready says when)."""
         log.info(
             "loading models: %s",
             ", ".join(self.ids),
-            extra={"event": "loading", "torch_threads": self.settings.torch_threads},
+            extra={"event": "loading", "inference_threads": self.settings.session.threads},
         )
         if not self.settings.background_load:
             self._load_all()
             return
-        threading.Thread(target=self._load_in_background, name="model-loader", daemon=True).start()
+        # Not a daemon: at exit the interpreter joins it, after `stop` has told it to end.
+        threading.Thread(target=self._load_in_background, name="model-loader").start()
+
+    def stop(self) -> None:
+        """Make a load in progress end at its next step (the worker is exiting)."""
+        self._stop.set()
 
     def _load_in_background(self) -> None:
         try:
@@ -94,7 +126,7 @@ class ModelRegistry:
             log.critical(
                 "model loading failed: %s",
                 exc,
-                exc_info=not isinstance(exc, WeightsError),
+                exc_info=not isinstance(exc, BundleError),
                 extra={"event": "load_failed"},
             )
             if self.settings.exit_on_load_failure:
@@ -103,43 +135,69 @@ class ModelRegistry:
 
     def _load_all(self) -> None:
         start = time.perf_counter()
-        # Hash every file at once first: hashlib releases the GIL, so on N cores the
-        # files are checked N at a time (the largest share of a v2 start after imports).
-        with ThreadPoolExecutor(max_workers=self.settings.torch_threads) as pool:
-            list(pool.map(self.store.verify, self.ids))
+        if not self._verify_all():
+            return
         log.info(
-            "verified %d weights files",
+            "verified %d bundles",
             len(self.ids),
             extra={"event": "verified", "verify_ms": round((time.perf_counter() - start) * 1000)},
         )
         for model_id in self.ids:
-            loaded = self.store.load(model_id, allow_untrained=self.settings.allow_untrained)
-            served = ServedModel(loaded, self._runner, channels_last=self.settings.channels_last)
-            loaded.timings_ms["warm_up"] = warm_up(served)
-            self._models[model_id] = served
-            log.info(
-                "loaded model %s in %.0f ms",
-                model_id,
-                sum(loaded.timings_ms.values()),
-                extra={
-                    "event": "model_loaded",
-                    "model": model_id,
-                    "timings_ms": loaded.timings_ms,
-                    "untrained": loaded.record.untrained,
-                },
-            )
-            if loaded.record.untrained:
-                log.warning(
-                    "model %s serves UNTRAINED demo weights: its predictions are meaningless",
-                    model_id,
-                    extra={"event": "untrained_weights", "model": model_id},
-                )
+            if self._stop.is_set():
+                log.info("loading stopped", extra={"event": "loading_stopped"})
+                return
+            self._sessions[model_id] = self._open(model_id)
         self._ready.set()
         log.info(
             "ready: %s",
             ", ".join(self.ids),
             extra={"event": "ready", "load_ms": round((time.perf_counter() - start) * 1000)},
         )
+
+    def _verify_all(self) -> bool:
+        """Every bundle's sha256s, side by side; False if a stop came first."""
+        threads = min(len(self.ids), self.settings.session.threads)
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
+            done = list(
+                pool.map(
+                    lambda model_id: self.bundles[model_id].verify(
+                        fix=self._fix(model_id), should_stop=self._stop.is_set
+                    ),
+                    self.ids,
+                )
+            )
+        if not all(done):
+            log.info("loading stopped", extra={"event": "loading_stopped"})
+        return all(done)
+
+    def _open(self, model_id: str) -> ModelSession:
+        bundle = self.bundles[model_id]
+        started = time.perf_counter()
+        session = ModelSession(bundle, self.settings.session)
+        opened = time.perf_counter()
+        session.check_reference()
+        timings = {
+            "open": round((opened - started) * 1000, 1),
+            "warm_up": round((time.perf_counter() - opened) * 1000, 1),
+        }
+        log.info(
+            "loaded model %s in %.0f ms",
+            model_id,
+            sum(timings.values()),
+            extra={
+                "event": "model_loaded",
+                "model": model_id,
+                "timings_ms": timings,
+                "untrained": bundle.manifest.untrained,
+            },
+        )
+        if bundle.manifest.untrained:
+            log.warning(
+                "model %s serves UNTRAINED demo weights: its predictions are meaningless",
+                model_id,
+                extra={"event": "untrained_weights", "model": model_id},
+            )
+        return session
 
     # --- serving -------------------------------------------------------------------------
 
@@ -151,19 +209,19 @@ class ModelRegistry:
         return self._ready.wait(timeout)
 
     def loaded_count(self) -> int:
-        return len(self._models)
+        return len(self._sessions)
 
     def ordered_ids(self) -> list[str]:
         """Model ids, the default first (the frontend's picker shows them in this order)."""
         return [self.default_id, *[i for i in self.ids if i != self.default_id]]
 
-    def get(self, model_id: str | None) -> ServedModel:
+    def get(self, model_id: str | None) -> ModelSession:
         model_id = model_id or self.default_id
         if model_id not in self.ids:
             raise self._unknown(model_id)
         if not self.ready:
             raise NotReady(self.status_message())
-        return self._models[model_id]
+        return self._sessions[model_id]
 
     def _unknown(self, model_id: str) -> UnknownModel:
         model_id = model_id[:100]  # a client's string, echoed back: keep it short
@@ -180,17 +238,30 @@ class ModelRegistry:
         return f"loading models: {self.loaded_count()} of {len(self.ids)} ready"
 
     def describe(self, model_id: str) -> dict:
-        """Metadata of one served model (from the lock and torchvision's metadata)."""
+        """Metadata of one served model, from its bundle's manifest."""
         if model_id not in self.ids:
             raise self._unknown(model_id)
-        record = self.records[model_id]
-        facts = record.model_entry().metadata()
-        facts.update(
-            sha256=record.sha256,
-            file=record.file,
-            file_size_bytes=record.size,
-            untrained=record.untrained,
-            default=model_id == self.default_id,
-            loaded=model_id in self._models,
-        )
-        return facts
+        manifest = self.bundles[model_id].manifest
+        return {
+            "id": model_id,
+            "architecture": manifest.architecture,
+            "weights": manifest.weights,
+            "source": manifest.source.url,
+            "parameters": manifest.parameters,
+            "imagenet_acc1": manifest.imagenet_acc1,
+            "imagenet_acc5": manifest.imagenet_acc5,
+            "input_size": manifest.input_size,
+            "num_classes": len(manifest.categories),
+            "sha256": manifest.source.sha256,
+            "file": manifest.source.file,
+            "file_size_bytes": manifest.source.size,
+            "untrained": manifest.untrained,
+            "default": model_id == self.default_id,
+            "loaded": model_id in self._sessions,
+            "compiled": {
+                "format": "onnx",
+                "graph_sha256": manifest.artifacts[GRAPH].sha256,
+                "versions": manifest.versions,
+                "verification": manifest.verification,
+            },
+        }

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
 from backend.errors import NotReady
 from backend.imaging import decode_image
 from backend.inference import ms_since as _ms
 from backend.inference import predict
 from backend.intake import parse_predict_request
-from backend.registry import ModelRegistry
+from backend.services import services
 from backend.urlfetch import fetch_url
 
 api = Blueprint("api", __name__)
-
-
-def _registry() -> ModelRegistry:
-    return current_app.extensions["registry"]
 
 
 @api.get("/healthz")
@@ -29,10 +26,10 @@ def healthz():
 
 @api.get("/readyz")
 def readyz():
-    registry = _registry()
-    if not registry.ready:
-        raise NotReady(registry.status_message())
-    return jsonify({"status": "ready", "models": registry.ordered_ids()})
+    models = services().models
+    if not models.ready:
+        raise NotReady(models.status_message())
+    return jsonify({"status": "ready", "models": models.ordered_ids()})
 
 
 @api.get("/hello")
@@ -42,12 +39,12 @@ def hello():
 
 @api.get("/models")
 def models():
-    return jsonify(_registry().listed_ids)
+    return jsonify(services().models.listed_ids)
 
 
 @api.get("/models/<model_id>")
 def model_metadata(model_id: str):
-    return jsonify(_registry().describe(model_id))
+    return jsonify(services().models.describe(model_id))
 
 
 @api.post("/predict")
@@ -62,34 +59,30 @@ def predict_by_path(model_id: str):
 
 
 def _predict(path_model: str | None):
-    settings = current_app.extensions["settings"]
-    registry = _registry()
+    app = services()
     if path_model is not None:
-        registry.get(path_model)  # an unknown model in the path is a 404 before any parsing
+        app.models.get(path_model)  # an unknown model in the path is a 404 before any parsing
     start = time.perf_counter()
     parsed = parse_predict_request(
-        request, max_top_k=settings.max_top_k, max_image_bytes=settings.max_image_bytes
+        request, max_top_k=app.settings.max_top_k, max_image_bytes=app.settings.max_image_bytes
     )
-    served = registry.get(path_model or parsed.model)  # 404 / 503 before any download
-    g.model = served.id
+    session = app.models.get(path_model or parsed.model)  # 404 / 503 before any download
+    g.model = session.id
     timings: dict[str, float] = {"parse": _ms(start)}
 
     start = time.perf_counter()
     if parsed.url is not None:
-        data = fetch_url(parsed.url, current_app.extensions["fetch_policy"]).data
+        data = fetch_url(parsed.url, app.fetch_policy).data
         timings["fetch"] = _ms(start)
     else:
         data = parsed.image
 
     start = time.perf_counter()
-    image = decode_image(data, current_app.extensions["image_policy"])
+    image = decode_image(data, app.image_policy)
     timings["decode"] = _ms(start)
 
-    result = predict(image, served, parsed.top_k)
-    timings.update(result.timings_ms)
+    answer = predict(image, session, parsed.top_k, app.models.runner)
+    timings.update(answer.timings_ms)
     timings["total"] = _ms(g.start)  # since the request arrived (backend.app)
     g.timings_ms = timings
-    body = result.to_json(timings)
-    if served.loaded.record.untrained:
-        body["untrained"] = True  # demo weights: the frontend labels the answer as such
-    return jsonify(body)
+    return jsonify(replace(answer, timings_ms=timings).to_json())

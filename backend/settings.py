@@ -7,40 +7,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.settings import OPTIMIZATION_LEVELS, SessionSettings, available_cpus
+
 
 class SettingsError(ValueError):
     """An environment variable is missing or wrong; the message names it."""
 
 
-def available_cpus() -> int:
-    """CPUs this process may use: the affinity mask, bounded by a cgroup v2 quota if any."""
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
+def _default_session() -> SessionSettings:
+    return SessionSettings(threads=available_cpus())
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the backend can be told; `from_env` reads it, `validate` checks it."""
 
-    weights_dir: Path = Path("/opt/weights")
-    models: str = "v1"  # a set (v1, v2) or comma-separated ids
+    bundles_dir: Path = Path("/opt/bundles")  # written by `python -m bake`
+    models: str | None = None  # a set (v1, v2) or comma-separated ids; None: every bundle
     default_model: str | None = None  # None: the catalog's default if served, else the first
     # v3: what GET /models lists when this service is one of several behind the gateway
     # (a set or ids); None: the models this service serves.
     listed_models: str | None = None
-    catalog_path: Path | None = None  # None: $WEIGHTS_CATALOG or the built-in catalog
     allow_untrained: bool = False  # only the local run command serves demo weights
     background_load: bool = False  # load after the server is up; /readyz tells when done
     exit_on_load_failure: bool = False  # under gunicorn: a failed load stops the server
-    torch_threads: int = field(default_factory=available_cpus)
+    # How ONNX Runtime runs each model: threads from the CPUs this process may use (cgroup
+    # quota included); the rest as measured in benchmarks/RESULTS.md.
+    session: SessionSettings = field(default_factory=_default_session)
     inference_concurrency: int = 1  # forward passes at once; more oversubscribes the cores
-    channels_last: bool = False  # NHWC memory format for convolutional models
     max_request_bytes: int = 10 * 1024 * 1024
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 36_000_000
@@ -62,18 +56,25 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         reader = _Reader(env)
+        session = SessionSettings()  # the defaults, read below
         settings = cls(
-            weights_dir=Path(reader.text("WEIGHTS_DIR", str(cls.weights_dir))),
-            models=reader.text("MODELS", cls.models),
+            bundles_dir=Path(reader.text("BUNDLES_DIR", str(cls.bundles_dir))),
+            models=reader.text("MODELS", "") or None,
             default_model=reader.text("DEFAULT_MODEL", "") or None,
             listed_models=reader.text("LISTED_MODELS", "") or None,
-            catalog_path=Path(p) if (p := reader.text("WEIGHTS_CATALOG", "")) else None,
             allow_untrained=reader.flag("ALLOW_UNTRAINED_WEIGHTS", False),
             background_load=reader.flag("BACKGROUND_LOAD", False),
             exit_on_load_failure=reader.flag("EXIT_ON_LOAD_FAILURE", False),
-            torch_threads=reader.integer("TORCH_THREADS", available_cpus(), minimum=1),
+            session=SessionSettings(
+                threads=reader.integer("INFERENCE_THREADS", available_cpus(), minimum=1),
+                optimization=reader.choice(
+                    "ORT_OPTIMIZATION", session.optimization, OPTIMIZATION_LEVELS
+                ),
+                memory_arena=reader.flag("ORT_MEMORY_ARENA", session.memory_arena),
+                prepacking=reader.flag("ORT_PREPACKING", session.prepacking),
+                spinning=reader.flag("ORT_SPINNING", session.spinning),
+            ),
             inference_concurrency=reader.integer("INFERENCE_CONCURRENCY", 1, minimum=1),
-            channels_last=reader.flag("CHANNELS_LAST", cls.channels_last),
             max_request_bytes=reader.integer("MAX_REQUEST_MB", 10, minimum=1) * 1024 * 1024,
             max_image_bytes=reader.integer("MAX_IMAGE_MB", 10, minimum=1) * 1024 * 1024,
             max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", 36_000_000, minimum=1),
@@ -93,8 +94,6 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if not self.models.strip():
-            raise SettingsError("MODELS is empty: set it to v1, v2 or comma-separated model ids")
         if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise SettingsError(f"LOG_LEVEL={self.log_level!r} is not a logging level")
         if not self.url_allowed_ports or not all(0 < p < 65536 for p in self.url_allowed_ports):
@@ -115,6 +114,12 @@ class _Reader:
 
     def text(self, name: str, default: str) -> str:
         return self.env.get(name, default).strip()
+
+    def choice(self, name: str, default: str, choices) -> str:
+        value = self.text(name, default).lower()
+        if value not in choices:
+            raise SettingsError(f"{name}={value!r} is not one of {', '.join(choices)}")
+        return value
 
     def flag(self, name: str, default: bool) -> bool:
         raw = self.env.get(name)

@@ -3,7 +3,7 @@
 The same routing table as the Google API Gateway spec (deployment/gateway.py), rendered for
 nginx; each backend is gunicorn with the production config and `MODELS=<one id>`.
 
-    uv run python deployment/local_v3.py --weights-dir .local/weights --models small
+    uv run python deployment/local_v3.py --bundles-dir .local/bundles --models small
         [--port 8080] [--frontend-port 8501] [--allow-untrained]
 
 It prints the gateway's (and the page's) URL, and stops everything on Ctrl-C.
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "deployment"))
 
 from gateway import nginx_config  # noqa: E402
 
-from weights.catalog import load_catalog  # noqa: E402
+from runtime.bundle import read_index  # noqa: E402
 
 
 def _die_with_parent() -> None:
@@ -93,28 +93,26 @@ class LocalV3:
 @contextlib.contextmanager
 def run_local_v3(
     *,
-    weights_dir: Path,
+    bundles_dir: Path,
     models: str,
     work_dir: Path,
     port: int | None = None,
     frontend_port: int | None = None,
-    catalog_path: Path | None = None,
     allow_untrained: bool = False,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[LocalV3]:
     """Start the backends, nginx (and the frontend if a port is given); stop them on exit."""
-    catalog = load_catalog(catalog_path)
-    ids = catalog.select(models)
-    default = catalog.default if catalog.default in ids else ids[0]
+    index = read_index(bundles_dir)
+    ids = index.select(models)
+    default = index.default if index.default in ids else ids[0]
     work_dir.mkdir(parents=True, exist_ok=True)
     base_env = {
         **os.environ,
-        "WEIGHTS_DIR": str(weights_dir),
+        "BUNDLES_DIR": str(bundles_dir),
         "LISTED_MODELS": ",".join(ids),
         "PYTHONUNBUFFERED": "1",
         # Each process gets a share of the cores rather than all of them each.
-        "TORCH_THREADS": str(max(1, len(os.sched_getaffinity(0)) // len(ids))),
-        **({"WEIGHTS_CATALOG": str(catalog_path)} if catalog_path else {}),
+        "INFERENCE_THREADS": str(max(1, len(os.sched_getaffinity(0)) // len(ids))),
         **({"ALLOW_UNTRAINED_WEIGHTS": "1"} if allow_untrained else {}),
         **(extra_env or {}),
     }
@@ -190,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--weights-dir", type=Path, required=True)
+    parser.add_argument("--bundles-dir", type=Path, required=True, help="from python -m bake")
     parser.add_argument("--models", default="small", help="a set or comma-separated ids")
     parser.add_argument("--port", type=int, default=8080, help="the gateway's port")
     parser.add_argument("--frontend-port", type=int, default=8501, help="0: no frontend")
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     with run_local_v3(
-        weights_dir=args.weights_dir.resolve(),
+        bundles_dir=args.bundles_dir.resolve(),
         models=args.models,
         work_dir=args.work_dir.resolve(),
         port=args.port,

@@ -4,14 +4,15 @@
     uv run python docker/export_requirements.py --check  # exit 1 if any file is stale
 
 The images install with pip from these files, so they build without uv and with the very
-versions the project tests with. The backend is split in two files because torch comes from
-a different index than everything else:
+versions the project tests with. The backend base has two stages (docker/backend-base.Dockerfile):
 
-- requirements-torch.txt: torch and torchvision, installed first from the PyTorch CPU index
-  (their own layer: the largest, and the one that changes least often);
-- requirements-backend.txt: every other locked package of the `backend` group, including
-  torch's pure-Python dependencies, minus the CUDA runtime (nvidia-*, cuda-*, triton) that
-  only the PyPI build of torch needs.
+- requirements-torch.txt: torch and torchvision, for the bake stage, installed first from the
+  PyTorch CPU index (their own layer: the largest, and the one that changes least often);
+- requirements-bake.txt: every other locked package of the `bake` group (the ONNX exporter,
+  onnxruntime for the verification, the Hub client...), including torch's pure-Python
+  dependencies, minus the CUDA runtime (nvidia-*, cuda-*, triton) that only the PyPI build of
+  torch needs;
+- requirements-backend.txt: the `backend` group, what the serving stage runs: no torch.
 """
 
 from __future__ import annotations
@@ -68,29 +69,28 @@ def _name(requirement: str) -> str:
 
 def render() -> dict[Path, str]:
     """Give each requirements file's path and its expected content."""
-    backend = _uv_export("backend")
-    torch = [line for line in backend if _name(line) in TORCH_PACKAGES]
+    bake = _uv_export("bake")
+    torch = [line for line in bake if _name(line) in TORCH_PACKAGES]
     rest = [
         line
-        for line in backend
+        for line in bake
         if _name(line) not in TORCH_PACKAGES and not GPU_ONLY.match(_name(line))
     ]
     missing = set(TORCH_PACKAGES) - {_name(line) for line in torch}
     if missing:
-        raise SystemExit(f"error: uv.lock has no {', '.join(sorted(missing))} in group backend")
-    frontend = _uv_export("frontend")
+        raise SystemExit(f"error: uv.lock has no {', '.join(sorted(missing))} in group bake")
+    files = {
+        "requirements-torch.txt": ("bake: torch only", torch),
+        "requirements-bake.txt": ("bake, without torch and the CUDA runtime", rest),
+        "requirements-backend.txt": (
+            "backend: the serving process, no torch",
+            _uv_export("backend"),
+        ),
+        "requirements-frontend.txt": ("frontend", _uv_export("frontend")),
+    }
     return {
-        DOCKER_DIR / "requirements-torch.txt": HEADER.format(what="backend: torch only")
-        + "\n".join(torch)
-        + "\n",
-        DOCKER_DIR / "requirements-backend.txt": HEADER.format(
-            what="backend, without torch and the CUDA runtime"
-        )
-        + "\n".join(rest)
-        + "\n",
-        DOCKER_DIR / "requirements-frontend.txt": HEADER.format(what="frontend")
-        + "\n".join(frontend)
-        + "\n",
+        DOCKER_DIR / name: HEADER.format(what=what) + "\n".join(lines) + "\n"
+        for name, (what, lines) in files.items()
     }
 
 

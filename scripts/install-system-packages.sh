@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests use, only those that are missing:
 # chromium (the browser test), podman/buildah and friends (container tests, see
-# shared containers.md), nginx (the local stand-in for the v3 API gateway).
+# tests/containers.py), nginx (the local stand-in for the v3 API gateway).
 set -euo pipefail
 
 usage() { echo "usage: $0 [--dry-run]" >&2; }

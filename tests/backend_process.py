@@ -66,23 +66,29 @@ def stop_process(process: subprocess.Popen) -> None:
 
 
 def start_backend(
-    weights_dir: Path, log_path: Path, *, prefix: tuple[str, ...] = (), **env: str
+    bundles_dir: Path,
+    log_path: Path,
+    *,
+    prefix: tuple[str, ...] = (),
+    config: str = "backend.gunicorn_conf",
+    **env: str,
 ) -> BackendProcess:
     """Start gunicorn as Cloud Run would, with test-friendly overrides in `env`.
 
-    `prefix` wraps the command, e.g. ("unshare", "-n") for a process with no network.
+    `prefix` wraps the command, e.g. ("unshare", "-n") for a process with no network;
+    `config` is the gunicorn config module (a test's may add hooks to the production one).
     """
     port = free_port()
     full_env = {
         **os.environ,
         "PORT": str(port),
-        "WEIGHTS_DIR": str(weights_dir),
+        "BUNDLES_DIR": str(bundles_dir),
         "PYTHONUNBUFFERED": "1",
         **env,
     }
     with log_path.open("w") as log_file:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "gunicorn", "--config", "python:backend.gunicorn_conf"],
+            [*prefix, sys.executable, "-m", "gunicorn", "--config", f"python:{config}"],
             cwd=ROOT,
             env=full_env,
             stdout=log_file,

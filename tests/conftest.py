@@ -1,20 +1,22 @@
-"""Shared fixtures: generated weights served from 127.0.0.1, and a baked directory.
+"""Shared fixtures: generated weights served from 127.0.0.1, fetched, baked into bundles.
 
-huggingface_hub reads HF_HUB_OFFLINE once, when first imported. The weights store and the
-backend set it (the serving process must never reach out), so importing the library
-here, first, keeps the Hub fetch tests independent of the order tests run in.
+Each stage runs the real code once per test session and is shared: fetching (weights.fetch)
+and baking (bake.pipeline: export, verify, bundle) the two small models is the slow part of
+the suite, so every test that needs a bundle uses these.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import huggingface_hub.constants  # noqa: F401  # read before any test sets HF_HUB_OFFLINE (see below)
 import pytest
 
+from bake.pipeline import bake
 from tests.backend_process import BackendProcess, start_backend
 from tests.origin import OriginServer, WeightsOrigin, make_origin
 from weights.fetch import fetch
+
+SMALL = ["resnet18", "mobilenet_v3_large"]
 
 
 @pytest.fixture(scope="session")
@@ -26,26 +28,29 @@ def weights_origin(tmp_path_factory) -> WeightsOrigin:
 
 @pytest.fixture(scope="session")
 def baked_dir(weights_origin: WeightsOrigin, tmp_path_factory) -> Path:
-    """A weights directory baked by the real fetch code: resnet18 and mobilenet_v3_large."""
-    dest = tmp_path_factory.mktemp("baked")
-    fetch(["resnet18", "mobilenet_v3_large"], dest, catalog=weights_origin.catalog, progress=False)
+    """A weights directory filled by the real fetch code: resnet18 and mobilenet_v3_large."""
+    dest = tmp_path_factory.mktemp("fetched")
+    fetch(SMALL, dest, catalog=weights_origin.catalog, progress=False)
     return dest
 
 
 @pytest.fixture(scope="session")
-def backend_server(baked_dir: Path, weights_origin: WeightsOrigin, tmp_path_factory):
+def bundles_dir(baked_dir: Path, weights_origin: WeightsOrigin, tmp_path_factory) -> Path:
+    """Those weights compiled by the real bake step: two verified ONNX bundles."""
+    dest = tmp_path_factory.mktemp("bundles")
+    bake(SMALL, baked_dir, dest, catalog=weights_origin.catalog, say=lambda _: None)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def backend_server(bundles_dir: Path, tmp_path_factory):
     """A real gunicorn backend serving resnet18 and mobilenet_v3_large, ready.
 
     Image URLs on 127.0.0.1 (any port) are allowed, as for local development.
     """
     log = tmp_path_factory.mktemp("backend") / "backend.log"
     backend: BackendProcess = start_backend(
-        baked_dir,
-        log,
-        MODELS="resnet18,mobilenet_v3_large",
-        WEIGHTS_CATALOG=str(weights_origin.catalog_path),
-        URL_ALLOW_LOOPBACK="1",
-        URL_ALLOWED_PORTS="any",
+        bundles_dir, log, URL_ALLOW_LOOPBACK="1", URL_ALLOWED_PORTS="any"
     )
     try:
         backend.wait_ready()

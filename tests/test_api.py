@@ -1,4 +1,4 @@
-"""The HTTP contract through the app factory, and every bad input of bad-inputs.md."""
+"""The HTTP contract through the app factory, and every bad input of docs/bad-inputs.md."""
 
 from __future__ import annotations
 
@@ -11,19 +11,21 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from backend.app import create_app
+from backend.registry import ModelRegistry
+from backend.services import services
 from backend.settings import Settings
+from runtime.settings import SessionSettings
 from tests.imagegen import png_header_claiming
 from tests.upstream import SECRET_BODY, upstream_server
 
 MODELS = ["resnet18", "mobilenet_v3_large"]
 
 
-def _settings(baked_dir, weights_origin, **overrides) -> Settings:
+def _settings(bundles_dir, **overrides) -> Settings:
     base = {
-        "weights_dir": baked_dir,
+        "bundles_dir": bundles_dir,
         "models": ",".join(MODELS),
-        "catalog_path": weights_origin.catalog_path,
-        "torch_threads": 2,
+        "session": SessionSettings(threads=2),
         "url_total_timeout_s": 2.0,
         "url_connect_timeout_s": 1.0,
     }
@@ -37,12 +39,11 @@ def upstream():
 
 
 @pytest.fixture(scope="module")
-def client(baked_dir, weights_origin, upstream):
+def client(bundles_dir, upstream):
     """An app allowed to fetch from the local upstream (loopback, its port), as in dev."""
     app = create_app(
         _settings(
-            baked_dir,
-            weights_origin,
+            bundles_dir,
             url_allow_loopback=True,
             url_allowed_ports=frozenset({80, 443, upstream.port}),
         )
@@ -51,9 +52,9 @@ def client(baked_dir, weights_origin, upstream):
 
 
 @pytest.fixture(scope="module")
-def strict_client(baked_dir, weights_origin):
+def strict_client(bundles_dir):
     """The production URL policy: no loopback, ports 80/443 only."""
-    return create_app(_settings(baked_dir, weights_origin, models="resnet18")).test_client()
+    return create_app(_settings(bundles_dir, models="resnet18")).test_client()
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -97,9 +98,9 @@ def test_health_ready_hello(client):
     assert client.get("/hello").get_json() == "Hello!"
 
 
-def test_models_lists_the_default_first(client, baked_dir, weights_origin):
+def test_models_lists_the_default_first(client, bundles_dir):
     assert client.get("/models").get_json() == MODELS
-    app = create_app(_settings(baked_dir, weights_origin, default_model="mobilenet_v3_large"))
+    app = create_app(_settings(bundles_dir, default_model="mobilenet_v3_large"))
     assert app.test_client().get("/models").get_json() == ["mobilenet_v3_large", "resnet18"]
 
 
@@ -111,6 +112,10 @@ def test_model_metadata(client, weights_origin):
     assert facts["file_size_bytes"] == weights_origin.files["resnet18"][0].stat().st_size
     assert facts["parameters"] == 11689512 and facts["imagenet_acc1"] == 69.758
     assert facts["input_size"] == 224 and facts["untrained"] is False
+    compiled = facts["compiled"]
+    assert compiled["format"] == "onnx" and len(compiled["graph_sha256"]) == 64
+    assert compiled["versions"]["onnxruntime"] and compiled["versions"]["torch"]
+    assert 0 <= compiled["verification"]["worst_probability_difference"] <= 1e-4
 
 
 def test_unknown_model_metadata_is_404_listing_ids(client):
@@ -130,6 +135,41 @@ def test_predict_upload(client):
     assert all(0 <= p <= 1 for p in probabilities)
     assert {"decode", "preprocess", "forward", "total"} <= set(body["timings_ms"])
     assert "untrained" not in body
+
+
+SERVED_IMAGES = [
+    encode(photo((320, 240)), "JPEG", quality=90),
+    encode(photo((199, 401)).convert("L"), "PNG"),
+    encode(photo((640, 480)).convert("CMYK"), "JPEG"),
+    encode(photo((1000, 90)).convert("RGBA"), "PNG"),
+    encode(photo((57, 43)).convert("P"), "GIF"),
+]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_served_probabilities_equal_torchvisions(client, baked_dir, model):
+    """The served pipeline (runtime preprocessing, ONNX Runtime) against torchvision's own
+    transforms and eager model, on the image the backend decoded, to 1e-4."""
+    import torch
+
+    from backend.imaging import ImagePolicy, decode_image
+    from weights.store import WeightsStore
+
+    store = WeightsStore(baked_dir)
+    module = store.load(model, allow_untrained=True)
+    transforms = store.fetched(model).catalog_entry().transforms()
+    for data in SERVED_IMAGES:
+        body = upload(client, data, model=model, top_k="20").get_json()
+        image = decode_image(data, ImagePolicy())
+        with torch.inference_mode():
+            logits = module(transforms(image).unsqueeze(0))[0]
+        expected = torch.softmax(logits.double(), dim=0)
+        served = {p["index"]: p["probability"] for p in body["predictions"]}
+        assert max(abs(p - float(expected[i])) for i, p in served.items()) <= 1e-4
+        # no class left out was more probable than the ones served
+        left_out = [float(p) for i, p in enumerate(expected) if i not in served]
+        assert max(left_out) <= min(served.values()) + 1e-4
+        assert body["predictions"][0]["index"] == int(expected.argmax())
 
 
 def test_predict_url_with_model_and_default_top_k(client, upstream):
@@ -224,10 +264,8 @@ def test_unknown_model_is_404_listing_valid_ids(client):
     assert "resnet18" in error["message"]
 
 
-def test_body_over_the_limit_is_413(baked_dir, weights_origin):
-    app = create_app(
-        _settings(baked_dir, weights_origin, models="resnet18", max_request_bytes=1024)
-    )
+def test_body_over_the_limit_is_413(bundles_dir):
+    app = create_app(_settings(bundles_dir, models="resnet18", max_request_bytes=1024))
     response = upload(app.test_client(), b"\xff" * 4096)
     assert_error(response, 413, "payload_too_large")
 
@@ -448,8 +486,8 @@ def test_options_answers_json(client):
     assert_error(client.options("/predict"), 405)
 
 
-def test_413_says_which_limit(baked_dir, weights_origin):
-    app = create_app(_settings(baked_dir, weights_origin, models="resnet18"))
+def test_413_says_which_limit(bundles_dir):
+    app = create_app(_settings(bundles_dir, models="resnet18"))
     response = app.test_client().post(
         "/predict",
         data={"url": "x" * (600 * 1024)},  # a form field over werkzeug's form memory limit
@@ -459,11 +497,10 @@ def test_413_says_which_limit(baked_dir, weights_origin):
     assert "10 MB" not in error["message"]  # the body is 600 KB: not the request-size limit
 
 
-def test_upload_over_the_image_cap_is_413(baked_dir, weights_origin):
+def test_upload_over_the_image_cap_is_413(bundles_dir):
     app = create_app(
         _settings(
-            baked_dir,
-            weights_origin,
+            bundles_dir,
             models="resnet18",
             max_request_bytes=8 * 1024 * 1024,
             max_image_bytes=1024 * 1024,
@@ -478,11 +515,9 @@ def test_a_long_unknown_model_id_is_not_echoed_whole(client):
     assert_error(response, 404)
 
 
-def test_listed_models_behind_the_gateway(baked_dir, weights_origin):
+def test_listed_models_behind_the_gateway(bundles_dir):
     """v3: one service per model; GET /models lists the whole set."""
-    app = create_app(
-        _settings(baked_dir, weights_origin, models="mobilenet_v3_large", listed_models="small")
-    )
+    app = create_app(_settings(bundles_dir, models="mobilenet_v3_large", listed_models="small"))
     client = app.test_client()
     assert client.get("/models").get_json() == ["resnet18", "mobilenet_v3_large"]
     error = assert_error(
@@ -491,23 +526,21 @@ def test_listed_models_behind_the_gateway(baked_dir, weights_origin):
     assert "its own service" in error["message"]
 
 
-def test_readyz_is_503_until_every_model_is_loaded_and_warm(baked_dir, weights_origin, monkeypatch):
+def test_readyz_is_503_until_every_model_is_loaded_and_warm(bundles_dir, monkeypatch):
     import threading
 
-    from weights.store import WeightsStore
-
     release = threading.Event()
-    real_load = WeightsStore.load
+    real_open = ModelRegistry._open
 
-    def held_load(self, model_id, **kwargs):
+    def held_open(self, model_id):
         if model_id == "mobilenet_v3_large":
             assert release.wait(30)
-        return real_load(self, model_id, **kwargs)
+        return real_open(self, model_id)
 
-    monkeypatch.setattr(WeightsStore, "load", held_load)
-    app = create_app(_settings(baked_dir, weights_origin, background_load=True))
+    monkeypatch.setattr(ModelRegistry, "_open", held_open)
+    app = create_app(_settings(bundles_dir, background_load=True))
     client = app.test_client()
-    registry = app.extensions["registry"]
+    models = services(app).models
     try:
         assert client.get("/healthz").status_code == 200
         error = assert_error(client.get("/readyz"), 503, "not_ready")
@@ -515,21 +548,19 @@ def test_readyz_is_503_until_every_model_is_loaded_and_warm(baked_dir, weights_o
         assert_error(upload(client, encode(photo(), "PNG")), 503, "not_ready")
     finally:
         release.set()
-    assert registry.wait_ready(60)
+    assert models.wait_ready(60)
     assert client.get("/readyz").status_code == 200
 
 
-def test_a_failed_background_load_is_reported_not_hidden(baked_dir, weights_origin, monkeypatch):
-    from weights.store import WeightsStore
-
-    def broken(self, model_id, **kwargs):
+def test_a_failed_background_load_is_reported_not_hidden(bundles_dir, monkeypatch):
+    def broken(self, model_id):
         raise KeyError("a bug nobody planned for")
 
-    monkeypatch.setattr(WeightsStore, "load", broken)
-    app = create_app(_settings(baked_dir, weights_origin, background_load=True))
-    registry = app.extensions["registry"]
+    monkeypatch.setattr(ModelRegistry, "_open", broken)
+    app = create_app(_settings(bundles_dir, background_load=True))
+    models = services(app).models
     for _ in range(100):
-        if registry.failure:
+        if models.failure:
             break
         import time
 

@@ -6,11 +6,15 @@ import pytest
 
 from backend.logs import trace_fields
 from backend.settings import Settings, SettingsError
+from runtime.settings import SessionSettings, available_cpus
 
 
 def test_defaults():
     settings = Settings.from_env({})
-    assert settings.models == "v1" and settings.url_allowed_ports == frozenset({80, 443})
+    assert settings.models is None  # every bundle of the directory
+    assert str(settings.bundles_dir) == "/opt/bundles"
+    assert settings.url_allowed_ports == frozenset({80, 443})
+    assert settings.session == SessionSettings(threads=available_cpus())
     assert not settings.url_allow_loopback and not settings.allow_untrained
     assert settings.url_total_timeout_s + 1 <= settings.graceful_timeout_s < 10
 
@@ -19,16 +23,23 @@ def test_values_are_read():
     settings = Settings.from_env(
         {
             "MODELS": "v2",
-            "WEIGHTS_DIR": "/w",
+            "BUNDLES_DIR": "/b",
             "URL_ALLOWED_PORTS": "443,8443",
             "URL_ALLOW_LOOPBACK": "true",
-            "TORCH_THREADS": "3",
+            "INFERENCE_THREADS": "3",
+            "ORT_OPTIMIZATION": "Extended",
+            "ORT_MEMORY_ARENA": "1",
+            "ORT_PREPACKING": "no",
+            "ORT_SPINNING": "off",
             "MAX_IMAGE_MB": "2",
         }
     )
-    assert settings.models == "v2" and str(settings.weights_dir) == "/w"
+    assert settings.models == "v2" and str(settings.bundles_dir) == "/b"
     assert settings.url_allowed_ports == frozenset({443, 8443})
-    assert settings.url_allow_loopback and settings.torch_threads == 3
+    assert settings.url_allow_loopback
+    assert settings.session == SessionSettings(
+        threads=3, optimization="extended", memory_arena=True, prepacking=False, spinning=False
+    )
     assert settings.max_image_bytes == 2 * 1024 * 1024
     assert 12345 in Settings.from_env({"URL_ALLOWED_PORTS": "any"}).url_allowed_ports
 
@@ -36,12 +47,13 @@ def test_values_are_read():
 @pytest.mark.parametrize(
     ("env", "named"),
     [
-        ({"TORCH_THREADS": "two"}, "TORCH_THREADS"),
-        ({"TORCH_THREADS": "0"}, "TORCH_THREADS"),
+        ({"INFERENCE_THREADS": "two"}, "INFERENCE_THREADS"),
+        ({"INFERENCE_THREADS": "0"}, "INFERENCE_THREADS"),
+        ({"ORT_OPTIMIZATION": "max"}, "ORT_OPTIMIZATION"),
+        ({"ORT_MEMORY_ARENA": "maybe"}, "ORT_MEMORY_ARENA"),
         ({"URL_ALLOW_LOOPBACK": "maybe"}, "URL_ALLOW_LOOPBACK"),
         ({"URL_ALLOWED_PORTS": "80,http"}, "URL_ALLOWED_PORTS"),
         ({"URL_ALLOWED_PORTS": "70000"}, "URL_ALLOWED_PORTS"),
-        ({"MODELS": "  "}, "MODELS"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"URL_TOTAL_TIMEOUT_S": "9"}, "GRACEFUL_TIMEOUT_S"),
         ({"URL_TOTAL_TIMEOUT_S": "-1"}, "URL_TOTAL_TIMEOUT_S"),

@@ -122,7 +122,7 @@ def test_sizes_come_from_the_config(gcloud):
         "b9",
         BACKEND_V3_SIZES="vgg16=4Gi/2",
         BACKEND_V3_DEFAULT_SIZE="1Gi/1",
-        BACKEND_EXTRA_ENV="LOG_LEVEL=DEBUG,CHANNELS_LAST=1",
+        BACKEND_EXTRA_ENV="LOG_LEVEL=DEBUG,ORT_SPINNING=0",
     )
     assert result.returncode == 0, result.stderr
     assert result.calls_to("builds", "list") == []
@@ -131,7 +131,7 @@ def test_sizes_come_from_the_config(gcloud):
     assert (flag(vgg16, "memory"), flag(vgg16, "cpu")) == ("4Gi", "2")
     assert (flag(resnet18, "memory"), flag(resnet18, "cpu")) == ("1Gi", "1")
     assert env_vars(vgg16)["LOG_LEVEL"] == "DEBUG"
-    assert env_vars(vgg16)["CHANNELS_LAST"] == "1"
+    assert env_vars(vgg16)["ORT_SPINNING"] == "0"
 
 
 def test_a_malformed_size_is_a_clear_error(gcloud):

@@ -59,7 +59,7 @@ def test_wrong_options_exit_2_with_a_message(args):
 
 
 def test_dry_run_prints_every_command_and_runs_none(tmp_path):
-    weights = tmp_path / "weights"
+    weights, bundles = tmp_path / "weights", tmp_path / "bundles"
     result = run(
         "--dry-run",
         "--backend-port",
@@ -68,21 +68,27 @@ def test_dry_run_prints_every_command_and_runs_none(tmp_path):
         "9002",
         "--weights-dir",
         str(weights),
+        "--bundles-dir",
+        str(bundles),
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "uv sync --locked --inexact --no-default-groups --group backend --group frontend" in [
-        line.strip() for line in lines
-    ]
+    assert (
+        "uv sync --locked --inexact --no-default-groups --group backend --group bake "
+        "--group frontend"
+    ) in [line.strip() for line in lines]
     assert any(f"-m weights fetch --models resnet152 --dest {weights}" in line for line in lines)
     assert any(f"-m weights demo --models resnet152 --dest {weights}" in line for line in lines)
+    assert any(
+        f"-m bake --models resnet152 --weights {weights} --dest {bundles}" in line for line in lines
+    )
     (backend,) = [line for line in lines if "-m gunicorn" in line]
-    assert f"WEIGHTS_DIR={weights}" in backend and "PORT=9001" in backend
+    assert f"BUNDLES_DIR={bundles}" in backend and "PORT=9001" in backend
     assert "MODELS=resnet152" in backend
     (frontend,) = [line for line in lines if "-m frontend" in line]
     assert "SERVING_URL=http://127.0.0.1:9001" in frontend and "PORT=9002" in frontend
     assert "FRONTEND_MODE=v1" in frontend
-    assert not weights.exists()
+    assert not weights.exists() and not bundles.exists()
 
 
 def test_dry_run_of_v2_serves_the_v2_set_with_a_picker():
@@ -121,45 +127,47 @@ class Output:
         return "".join(self.lines)
 
 
+def _start_run(tmp_path, *args: str, env: dict[str, str]) -> tuple[subprocess.Popen, Output]:
+    process = subprocess.Popen(
+        [str(RUN), *args, "--weights-dir", str(tmp_path / "weights"),
+         "--bundles-dir", str(tmp_path / "bundles")],
+        cwd=ROOT, env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    return process, Output(process)
+
+
 @pytest.mark.slow
 def test_offline_it_starts_both_with_labelled_demo_weights_and_ctrl_c_stops_both(tmp_path):
     backend_port, frontend_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [
-            str(RUN),
-            "--backend-port",
-            str(backend_port),
-            "--frontend-port",
-            str(frontend_port),
-            "--weights-dir",
-            str(tmp_path / "weights"),
-        ],
-        cwd=ROOT,
-        # A mirror nobody answers: the download fails here as it would with no network.
-        env={**os.environ, "MODELS": "resnet18", "WEIGHTS_MIRROR": closed_port_url()},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = Output(process)
-    try:
-        output.wait_for("Baked Vision is running", timeout=240)
-        page_url = f"http://127.0.0.1:{frontend_port}"
-        assert f"open {page_url}" in output.text()
-        assert "could not be downloaded" in output.text()
-        assert "UNTRAINED demo weights" in output.text()
-        backend = f"http://127.0.0.1:{backend_port}"
-        assert requests.get(f"{backend}/models/resnet18", timeout=5).json()["untrained"] is True
-        assert requests.get(f"{page_url}/_stcore/health", timeout=5).status_code == 200
+    ports = ("--backend-port", str(backend_port), "--frontend-port", str(frontend_port))
+    # A mirror nobody answers: the download fails here as it would with no network.
+    env = {"MODELS": "resnet18", "WEIGHTS_MIRROR": closed_port_url()}
+    for attempt in ("first", "second"):
+        process, output = _start_run(tmp_path, *ports, env=env)
+        try:
+            output.wait_for("Baked Vision is running", timeout=240)
+            page_url = f"http://127.0.0.1:{frontend_port}"
+            assert f"open {page_url}" in output.text()
+            assert "could not be downloaded" in output.text()
+            assert "UNTRAINED demo weights" in output.text()
+            if attempt == "first":
+                assert "exporting resnet18" in output.text() and "verified against" in output.text()
+            else:  # the bundle of the first run is verified and kept: nothing is exported
+                assert "exporting" not in output.text()
+                assert "resnet18 (1/1): bundle present, verified" in output.text()
+            backend = f"http://127.0.0.1:{backend_port}"
+            assert requests.get(f"{backend}/models/resnet18", timeout=5).json()["untrained"] is True
+            assert requests.get(f"{page_url}/_stcore/health", timeout=5).status_code == 200
 
-        process.send_signal(signal.SIGINT)  # Ctrl-C
-        assert process.wait(30) == 130
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    for port in (backend_port, frontend_port):
-        assert not port_served(port), f"port {port} still served"
+            process.send_signal(signal.SIGINT)  # Ctrl-C
+            assert process.wait(30) == 130
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for port in (backend_port, frontend_port):
+            assert not port_served(port), f"port {port} still served"
 
 
 def test_dry_run_of_v3_starts_the_local_gateway_stack():
@@ -170,26 +178,10 @@ def test_dry_run_of_v3_starts_the_local_gateway_stack():
 @pytest.mark.slow
 def test_v3_offline_runs_one_backend_per_model_behind_the_gateway(tmp_path):
     gateway_port, frontend_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [
-            str(RUN),
-            "--version",
-            "v3",
-            "--offline",
-            "--backend-port",
-            str(gateway_port),
-            "--frontend-port",
-            str(frontend_port),
-            "--weights-dir",
-            str(tmp_path / "weights"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "MODELS": "small"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = Output(process)
+    process, output = _start_run(
+        tmp_path, "--version", "v3", "--offline", "--backend-port", str(gateway_port),
+        "--frontend-port", str(frontend_port), env={"MODELS": "small"},
+    )  # fmt: skip
     try:
         output.wait_for("Ctrl-C stops everything", timeout=300)
         gateway = f"http://127.0.0.1:{gateway_port}"

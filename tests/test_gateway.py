@@ -108,12 +108,9 @@ def test_cli_usage_errors_exit_2():
 
 
 @pytest.mark.slow
-def test_local_v3_routes_each_model_to_its_own_service(baked_dir, weights_origin, tmp_path):
+def test_local_v3_routes_each_model_to_its_own_service(bundles_dir, tmp_path):
     with local_v3.run_local_v3(
-        weights_dir=baked_dir,
-        models="resnet18,mobilenet_v3_large",
-        work_dir=tmp_path,
-        catalog_path=weights_origin.catalog_path,
+        bundles_dir=bundles_dir, models="resnet18,mobilenet_v3_large", work_dir=tmp_path
     ) as stack:
         gw = stack.gateway_url
         assert requests.get(f"{gw}/models", timeout=10).json() == [
@@ -154,7 +151,7 @@ def test_local_v3_routes_each_model_to_its_own_service(baked_dir, weights_origin
 
 
 @pytest.mark.slow
-def test_local_v3_leaves_no_process_behind_even_when_killed(baked_dir, weights_origin, tmp_path):
+def test_local_v3_leaves_no_process_behind_even_when_killed(bundles_dir, tmp_path):
     """SIGKILL can't be handled: the children must go by themselves (PR_SET_PDEATHSIG)."""
     import os
     import re
@@ -163,10 +160,10 @@ def test_local_v3_leaves_no_process_behind_even_when_killed(baked_dir, weights_o
 
     port = local_v3.free_port()
     launcher = subprocess.Popen(
-        [sys.executable, "deployment/local_v3.py", "--weights-dir", str(baked_dir),
+        [sys.executable, "deployment/local_v3.py", "--bundles-dir", str(bundles_dir),
          "--models", "resnet18", "--port", str(port), "--frontend-port", "0",
          "--work-dir", str(tmp_path)],
-        cwd=ROOT, env={**os.environ, "WEIGHTS_CATALOG": str(weights_origin.catalog_path)},
+        cwd=ROOT, env=dict(os.environ),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     output = ""

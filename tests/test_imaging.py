@@ -1,4 +1,4 @@
-"""decode_image against the image cases of bad-inputs.md."""
+"""decode_image against the image cases of docs/bad-inputs.md."""
 
 from __future__ import annotations
 

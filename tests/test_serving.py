@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +17,10 @@ import pytest
 import requests
 from PIL import Image
 
+from runtime.bundle import GRAPH, GRAPH_DATA, MANIFEST, REFERENCE_IMAGE
 from tests.backend_process import start_backend
 from tests.imagegen import png_header_claiming
 from tests.upstream import PNG_BYTES, upstream_server
-from weights.lock import read_lock
 
 pytestmark = pytest.mark.slow
 
@@ -71,15 +72,8 @@ def test_parallel_requests_for_different_models_each_get_their_own_answer(backen
             assert got["probability"] == pytest.approx(want["probability"], abs=1e-5)
 
 
-def test_gunicorn_reports_ready_only_after_warm_up_then_predicts(
-    baked_dir, weights_origin, tmp_path
-):
-    backend = start_backend(
-        baked_dir,
-        tmp_path / "log.txt",
-        MODELS="resnet18,mobilenet_v3_large",
-        WEIGHTS_CATALOG=str(weights_origin.catalog_path),
-    )
+def test_gunicorn_reports_ready_only_after_warm_up_then_predicts(bundles_dir, tmp_path):
+    backend = start_backend(bundles_dir, tmp_path / "log.txt", MODELS="resnet18,mobilenet_v3_large")
     try:
         statuses = []
         deadline = time.monotonic() + 120
@@ -88,7 +82,7 @@ def test_gunicorn_reports_ready_only_after_warm_up_then_predicts(
                 statuses.append(requests.get(f"{backend.url}/readyz", timeout=1).status_code)
                 assert requests.get(f"{backend.url}/healthz", timeout=1).status_code == 200
             except requests.ConnectionError:
-                pass  # the worker is still importing torch
+                pass  # the worker is still starting
             except requests.Timeout:
                 pass
             if statuses and statuses[-1] == 200:
@@ -110,7 +104,7 @@ def test_gunicorn_reports_ready_only_after_warm_up_then_predicts(
         backend.stop()
 
 
-def test_sigterm_lets_the_request_in_flight_finish(baked_dir, weights_origin, tmp_path):
+def test_sigterm_lets_the_request_in_flight_finish(bundles_dir, tmp_path):
     with upstream_server() as upstream:
 
         def slow_image(request):  # answers after 2 s, well inside the 10 s Cloud Run allows
@@ -123,10 +117,9 @@ def test_sigterm_lets_the_request_in_flight_finish(baked_dir, weights_origin, tm
 
         upstream.add_route("/slow.png", slow_image)
         backend = start_backend(
-            baked_dir,
+            bundles_dir,
             tmp_path / "log.txt",
             MODELS="resnet18",
-            WEIGHTS_CATALOG=str(weights_origin.catalog_path),
             URL_ALLOW_LOOPBACK="1",
             URL_ALLOWED_PORTS=str(upstream.port),
         )
@@ -154,6 +147,100 @@ def test_sigterm_lets_the_request_in_flight_finish(baked_dir, weights_origin, tm
             backend.stop()
 
 
+# What only the build may import: the serving process runs ONNX Runtime on bundles.
+BUILD_ONLY = {"torch", "torchvision", "onnx", "onnxscript", "huggingface_hub", "safetensors"}
+BUILD_ONLY_PACKAGES = {"weights", "bake"}  # ours; they import the above
+
+
+def test_the_serving_worker_never_imports_torch_onnx_or_the_hub(bundles_dir, tmp_path):
+    modules_file = tmp_path / "modules.json"
+    with upstream_server() as upstream:
+        backend = start_backend(
+            bundles_dir,
+            tmp_path / "log.txt",
+            config="tests.gunicorn_probe_conf",
+            MODULES_FILE=str(modules_file),
+            URL_ALLOW_LOOPBACK="1",
+            URL_ALLOWED_PORTS=str(upstream.port),
+        )
+        try:
+            backend.wait_ready()
+            # every path a request can take: upload, URL, metadata, the model list
+            assert _predict(backend.url, "mobilenet_v3_large", PNG_BYTES)["model"]
+            by_url = requests.post(
+                f"{backend.url}/predict", json={"url": upstream.url("/image.jpg")}, timeout=60
+            )
+            assert by_url.status_code == 200, by_url.text
+            assert requests.get(f"{backend.url}/models/resnet18", timeout=10).status_code == 200
+        finally:
+            backend.stop()
+    modules = json.loads(modules_file.read_text())
+    roots = {name.split(".")[0] for name in modules}
+    assert "onnxruntime" in roots and "backend" in roots  # the list is the worker's own
+    assert not roots & (BUILD_ONLY | BUILD_ONLY_PACKAGES), sorted(
+        roots & (BUILD_ONLY | BUILD_ONLY_PACKAGES)
+    )
+
+
+def test_gunicorns_master_never_imports_onnxruntime():
+    """A process that imported onnxruntime hangs at exit in a forked child: the master reads
+    the settings before forking the worker, so they must not import it."""
+    probe = "import sys, backend.gunicorn_conf; print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "onnxruntime" not in out.stdout and "numpy" not in out.stdout
+
+
+# Points of a start, as the log shows them: SIGTERM right after each must end it cleanly.
+START_EVENTS = ["Booting worker", '"event": "loading"', '"event": "verified"',
+                '"event": "model_loaded"', '"event": "ready"']  # fmt: skip
+
+
+def _stopped_cleanly(backend, sent: float) -> None:
+    """The process ended within Cloud Run's 10 s, with no abort, kill, traceback or error.
+
+    A SIGTERM that comes before a process has installed its handler ends it by the signal's
+    default action, which is clean too: the master before it listens, a worker before its
+    first log line (nothing was started, nothing is lost).
+    """
+    try:
+        code = backend.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        backend.stop()
+        pytest.fail(f"still running 15 s after SIGTERM:\n{backend.log()}")
+    elapsed = time.monotonic() - sent
+    log = backend.log()
+    assert code == 0 or (code == -signal.SIGTERM and "Listening at" not in log), (code, log)
+    assert elapsed < 10, f"{elapsed:.1f} s to stop (Cloud Run kills at 10 s)"
+    signs = ["terminate called", "SIGABRT", "SIGKILL", "Traceback", "Exception", "exited with code"]
+    if '"event"' in log:  # the worker had started its work: it must have ended it itself
+        signs.append("was sent SIGTERM")
+    for sign in signs:
+        assert sign not in log, log
+
+
+@pytest.mark.parametrize("event", START_EVENTS)
+def test_sigterm_right_after_each_step_of_the_start_ends_cleanly(bundles_dir, tmp_path, event):
+    backend = start_backend(bundles_dir, tmp_path / "log.txt")
+    deadline = time.monotonic() + 120
+    while event not in backend.log():
+        assert backend.process.poll() is None and time.monotonic() < deadline, backend.log()
+        time.sleep(0.002)
+    backend.process.send_signal(signal.SIGTERM)
+    _stopped_cleanly(backend, time.monotonic())
+
+
+def test_sigterm_at_any_moment_of_the_start_ends_cleanly(bundles_dir, tmp_path):
+    """A sweep over the whole start, between the logged steps too (hashing, opening a session)."""
+    probe = start_backend(bundles_dir, tmp_path / "probe.txt")
+    start_seconds = probe.wait_ready()
+    probe.stop()
+    for step in range(1, 9):
+        backend = start_backend(bundles_dir, tmp_path / f"log-{step}.txt")
+        time.sleep(start_seconds * step / 8)
+        backend.process.send_signal(signal.SIGTERM)
+        _stopped_cleanly(backend, time.monotonic())
+
+
 def _no_network() -> tuple[str, ...]:
     """A command prefix giving the process a network namespace of its own, with no network:
     were the backend to try to download anything, it would fail with a different error."""
@@ -162,9 +249,9 @@ def _no_network() -> tuple[str, ...]:
     pytest.skip("unshare -n is not permitted here")
 
 
-def _refusal(weights_dir, tmp_path, **env) -> tuple[int, str]:
+def _refusal(bundles_dir, tmp_path, **env) -> tuple[int, str]:
     """Start gunicorn with no network at all; wait for it to give up."""
-    backend = start_backend(weights_dir, tmp_path / "log.txt", prefix=_no_network(), **env)
+    backend = start_backend(bundles_dir, tmp_path / "log.txt", prefix=_no_network(), **env)
     try:
         code = backend.process.wait(timeout=90)
     except subprocess.TimeoutExpired:
@@ -173,36 +260,49 @@ def _refusal(weights_dir, tmp_path, **env) -> tuple[int, str]:
     return code, backend.log()
 
 
-def _copy(baked_dir, tmp_path):
-    dest = tmp_path / "weights"
-    shutil.copytree(baked_dir, dest)
-    return dest, read_lock(dest)["resnet18"]
+def _copy(bundles_dir, tmp_path) -> Path:
+    dest = tmp_path / "bundles"
+    shutil.copytree(bundles_dir, dest)
+    return dest
 
 
-def test_start_refuses_with_missing_weights(baked_dir, weights_origin, tmp_path):
-    dest, record = _copy(baked_dir, tmp_path)
-    (dest / record.file).unlink()
-    code, log = _refusal(
-        dest, tmp_path, MODELS="resnet18", WEIGHTS_CATALOG=str(weights_origin.catalog_path)
-    )
+FIX = "python -m bake --models resnet18"
+
+
+@pytest.mark.parametrize("artifact", [GRAPH, GRAPH_DATA, REFERENCE_IMAGE, MANIFEST])
+def test_start_refuses_a_bundle_with_a_missing_file(bundles_dir, tmp_path, artifact):
+    dest = _copy(bundles_dir, tmp_path)
+    (dest / "resnet18" / artifact).unlink()
+    code, log = _refusal(dest, tmp_path, MODELS="resnet18")
     assert code != 0
-    assert record.file in log and "python -m weights fetch --models resnet18" in log
+    assert str(dest / "resnet18" / artifact) in log and "missing" in log and FIX in log
+    assert '"event": "start_refused"' in log  # the worker's first step, before it serves
 
 
-def test_start_refuses_with_corrupt_weights_and_makes_no_network_call(
-    baked_dir, weights_origin, tmp_path
+def test_start_refuses_a_truncated_bundle_before_serving(bundles_dir, tmp_path):
+    dest = _copy(bundles_dir, tmp_path)
+    data = dest / "resnet18" / GRAPH_DATA
+    with data.open("r+b") as f:
+        f.truncate(data.stat().st_size - 4096)
+    code, log = _refusal(dest, tmp_path, MODELS="resnet18")
+    assert code != 0
+    assert str(data) in log and "truncated" in log and FIX in log
+    assert '"event": "start_refused"' in log
+
+
+def test_start_refuses_an_altered_bundle_and_makes_no_network_call(
+    bundles_dir, weights_origin, tmp_path
 ):
-    dest, record = _copy(baked_dir, tmp_path)
-    path = dest / record.file
-    data = bytearray(path.read_bytes())
-    data[-100] ^= 0xFF
-    path.write_bytes(bytes(data))
+    dest = _copy(bundles_dir, tmp_path)
+    data = dest / "resnet18" / GRAPH_DATA
+    content = bytearray(data.read_bytes())
+    content[len(content) // 2] ^= 0xFF  # same size: only the sha256 can tell
+    data.write_bytes(bytes(content))
     requests_before = len(weights_origin.server.requests)
-    code, log = _refusal(
-        dest, tmp_path, MODELS="resnet18", WEIGHTS_CATALOG=str(weights_origin.catalog_path)
-    )
+    code, log = _refusal(dest, tmp_path, MODELS="resnet18")
     assert code != 0
-    assert "sha256" in log and "python -m weights fetch --models resnet18" in log
+    assert str(data) in log and "altered" in log and "sha256" in log and FIX in log
+    assert '"event": "ready"' not in log
     assert len(weights_origin.server.requests) == requests_before  # not even its own origin
     assert "Traceback" not in log.split('"event": "load_failed"')[0]
 

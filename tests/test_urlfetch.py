@@ -1,4 +1,4 @@
-"""fetch_url against the URL and download cases of bad-inputs.md.
+"""fetch_url against the URL and download cases of docs/bad-inputs.md.
 
 Nothing here leaves 127.0.0.1: names are answered by a stub resolver, and the autouse `network`
 guard refuses (and records) any connect to another address and any DNS query, so even a broken

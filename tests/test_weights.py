@@ -130,8 +130,8 @@ def test_fetch_lock_load_round_trip(weights_origin, tmp_path):
     direct.eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
-        assert torch.equal(loaded.module(x), direct(x))
-    assert not loaded.module.training
+        assert torch.equal(loaded(x), direct(x))
+    assert not loaded.training
 
 
 def test_hub_entry_downloads_with_huggingface_hub_and_loads(weights_origin, tmp_path):
@@ -156,7 +156,7 @@ def test_hub_entry_downloads_with_huggingface_hub_and_loads(weights_origin, tmp_
     x = torch.randn(1, 3, 112, 112)
     with torch.inference_mode():
         # mmap-backed tensors may take another kernel path: equal up to float rounding.
-        torch.testing.assert_close(loaded.module(x), direct.eval()(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded(x), direct.eval()(x), rtol=1e-5, atol=1e-5)
 
 
 def test_hub_sha256_mismatch_is_refused(weights_origin, tmp_path):
@@ -293,8 +293,8 @@ def test_missing_file_names_file_directory_and_fetch_command(baked_dir, tmp_path
     assert f"python -m weights fetch --models resnet18 --dest {dest}" in message
 
 
-def test_model_not_baked_is_named(baked_dir):
-    with pytest.raises(WeightsError, match="'vgg16' is not baked"):
+def test_model_not_fetched_is_named(baked_dir):
+    with pytest.raises(WeightsError, match="'vgg16' is not fetched"):
         WeightsStore(baked_dir).load("vgg16")
 
 
@@ -350,8 +350,7 @@ def test_load_makes_no_network_call(baked_dir, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     loaded = WeightsStore(baked_dir).load("mobilenet_v3_large")
-    assert loaded.record.id == "mobilenet_v3_large"
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert type(loaded).__name__ == "MobileNetV3"
 
 
 def test_untrained_demo_weights_are_refused_unless_allowed(tmp_path):
@@ -360,7 +359,8 @@ def test_untrained_demo_weights_are_refused_unless_allowed(tmp_path):
     assert record.untrained and "untrained" in record.file
     with pytest.raises(WeightsError, match="untrained"):
         WeightsStore(tmp_path).load("resnet18")
-    assert WeightsStore(tmp_path).load("resnet18", allow_untrained=True).record.untrained
+    assert WeightsStore(tmp_path).load("resnet18", allow_untrained=True) is not None
+    assert WeightsStore(tmp_path).fetched("resnet18").untrained
 
 
 # --- command line ---------------------------------------------------------------------------

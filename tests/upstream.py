@@ -1,4 +1,4 @@
-"""A scripted image server on 127.0.0.1 playing the good and bad upstreams of bad-inputs.md.
+"""A scripted image server on 127.0.0.1 playing the good and bad upstreams of docs/bad-inputs.md.
 
     from tests.upstream import upstream_server
 

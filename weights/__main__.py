@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "verify":
             store = WeightsStore(args.dest)
-            for model_id in store.records():
+            for model_id in store.all_fetched():
                 store.verify(model_id)
                 print(f"{model_id}: ok")
     except (CatalogError, FetchError, WeightsError) as exc:

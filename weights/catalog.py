@@ -2,7 +2,9 @@
 
 The catalog is data (`catalog.toml`); this module validates it against torchvision's own
 registry (`get_model_builder`, `get_weight`) so a typo fails at once with a clear message,
-and resolves a user's selection (`v1`, `v2`, or a comma-separated list of ids).
+and resolves a user's selection (`v1`, `v2`, or a comma-separated list of ids). The first
+stage of a model's life: catalog entry -> fetched file (`weights.lock`) -> bundle (`bake`) ->
+session (`runtime.session`) -> answer (`backend.inference`).
 """
 
 from __future__ import annotations
@@ -20,18 +22,15 @@ import torch
 from torchvision.models import get_model_builder, get_model_weights, get_weight
 from torchvision.transforms import v2 as T
 
+from runtime.preprocess import INTERPOLATIONS, Preprocessing
+from runtime.selection import SelectionError, select
+
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 CATALOG_ENV = "WEIGHTS_CATALOG"
 
 # torchvision names its files "<stem>-<first hex digits of sha256>.<ext>" (torch.hub's HASH_REGEX).
 _HASH_PREFIX = re.compile(r"-([a-f0-9]{6,64})\.")
-_INTERPOLATIONS = {
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "bicubic": T.InterpolationMode.BICUBIC,
-    "nearest": T.InterpolationMode.NEAREST,
-}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+_TORCHVISION_INTERPOLATIONS = {name: T.InterpolationMode(name) for name in INTERPOLATIONS}
 
 
 class CatalogError(ValueError):
@@ -50,18 +49,7 @@ class HubSource:
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """Preprocessing that differs from the weights' own `transforms()`."""
-
-    resize: int
-    crop: int
-    interpolation: str = "bilinear"
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-
-@dataclass(frozen=True)
-class ModelEntry:
+class CatalogEntry:
     """One servable model: a torchvision architecture and the exact weights for it."""
 
     id: str
@@ -69,7 +57,7 @@ class ModelEntry:
     weights: str
     url: str | None = None  # overrides the weights' own URL (tests, private mirrors)
     hub: HubSource | None = None
-    preprocessing: Preprocessing | None = None
+    preprocessing: Preprocessing | None = None  # only where it differs from the weights' own
 
     @cached_property
     def weights_enum(self):
@@ -104,13 +92,17 @@ class ModelEntry:
         return list(self.weights_enum.meta["categories"])
 
     def transforms(self):
-        """The preprocessing pipeline: the catalog's override, else the weights' own."""
+        """torchvision's preprocessing pipeline: the catalog's override, else the weights' own.
+
+        The reference the runtime's own preprocessing is verified against.
+        """
         if self.preprocessing is None:
             return self.weights_enum.transforms()
         p = self.preprocessing
+        interpolation = _TORCHVISION_INTERPOLATIONS[p.interpolation]
         return T.Compose(
             [
-                T.Resize(p.resize, interpolation=_INTERPOLATIONS[p.interpolation], antialias=True),
+                T.Resize(p.resize, interpolation=interpolation, antialias=True),
                 T.CenterCrop(p.crop),
                 T.PILToTensor(),
                 T.ToDtype(torch.float32, scale=True),
@@ -118,11 +110,22 @@ class ModelEntry:
             ]
         )
 
+    def runtime_preprocessing(self) -> Preprocessing:
+        """What `transforms()` does, as data for the runtime: the override, else the weights'."""
+        if self.preprocessing is not None:
+            return self.preprocessing
+        preset = self.weights_enum.transforms()
+        return Preprocessing(
+            resize=int(preset.resize_size[0]),
+            crop=int(preset.crop_size[0]),
+            interpolation=preset.interpolation.value,
+            mean=tuple(preset.mean),
+            std=tuple(preset.std),
+        )
+
     @property
     def input_size(self) -> int:
-        if self.preprocessing is not None:
-            return self.preprocessing.crop
-        return int(self.weights_enum.transforms().crop_size[0])
+        return self.runtime_preprocessing().crop
 
     def metadata(self) -> dict[str, Any]:
         """Facts for users, from torchvision's weights metadata (never retyped)."""
@@ -152,7 +155,7 @@ class ModelEntry:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, model_id: str, data: dict[str, Any]) -> ModelEntry:
+    def from_dict(cls, model_id: str, data: dict[str, Any]) -> CatalogEntry:
         data = {k: v for k, v in data.items() if k != "id"}
         unknown = set(data) - {"architecture", "weights", "url", "hub", "preprocessing"}
         if unknown:
@@ -161,11 +164,9 @@ class ModelEntry:
             hub = HubSource(**data.pop("hub")) if "hub" in data else None
             prep = data.pop("preprocessing", None)
             if prep is not None:
-                prep = Preprocessing(
-                    **{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()}
-                )
+                prep = Preprocessing(**prep)
             return cls(id=model_id, hub=hub, preprocessing=prep, **data)
-        except (TypeError, AttributeError) as exc:
+        except (TypeError, AttributeError, ValueError) as exc:
             raise CatalogError(f"model {model_id!r}: {exc}") from exc
 
     def validate(self) -> None:
@@ -183,8 +184,6 @@ class ModelEntry:
             raise CatalogError(f"{where}: unknown torchvision weights {self.weights!r}") from exc
         if type(weights) is not get_model_weights(self.architecture):
             raise CatalogError(f"{where}: {self.weights} are not weights for {self.architecture}")
-        if self.preprocessing and self.preprocessing.interpolation not in _INTERPOLATIONS:
-            raise CatalogError(f"{where}: interpolation must be one of {sorted(_INTERPOLATIONS)}")
         if self.hub is None and self.hash_prefix is None:
             raise CatalogError(f"{where}: the file name {self.file_name!r} has no hash prefix")
 
@@ -193,7 +192,7 @@ class ModelEntry:
 class Catalog:
     """All models, named sets of them, and the default model."""
 
-    models: dict[str, ModelEntry]
+    models: dict[str, CatalogEntry]
     sets: dict[str, list[str]] = field(default_factory=dict)
     default: str = "resnet152"
     path: Path | None = None
@@ -202,36 +201,17 @@ class Catalog:
     def ids(self) -> list[str]:
         return list(self.models)
 
-    def entry(self, model_id: str) -> ModelEntry:
-        try:
-            return self.models[model_id]
-        except KeyError:
-            raise CatalogError(self._unknown(model_id)) from None
-
-    def _unknown(self, name: str) -> str:
-        return (
-            f"unknown model {name!r}; valid ids: {', '.join(self.models)}; "
-            f"sets: {', '.join(self.sets)}"
-        )
+    def entry(self, model_id: str) -> CatalogEntry:
+        if model_id not in self.models:
+            self.select(model_id)  # raises CatalogError listing the valid ids and sets
+        return self.models[model_id]
 
     def select(self, selection: str | list[str]) -> list[str]:
         """Resolve 'v2', 'resnet18,vgg16' or a list of ids/sets to ids, in order, no repeats."""
-        names = selection.split(",") if isinstance(selection, str) else list(selection)
-        names = [n.strip() for n in names if n.strip()]
-        if not names:
-            raise CatalogError(
-                f"no model selected; valid ids: {', '.join(self.models)}; "
-                f"sets: {', '.join(self.sets)}"
-            )
-        ids: list[str] = []
-        for name in names:
-            if name in self.sets:
-                ids.extend(self.sets[name])
-            elif name in self.models:
-                ids.append(name)
-            else:
-                raise CatalogError(self._unknown(name))
-        return list(dict.fromkeys(ids))
+        try:
+            return select(selection, self.ids, self.sets)
+        except SelectionError as exc:
+            raise CatalogError(str(exc)) from None
 
     def validate(self) -> None:
         for entry in self.models.values():
@@ -256,7 +236,9 @@ def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
     unknown = set(data) - {"default", "sets", "models"}
     if unknown:
         raise CatalogError(f"catalog {path}: unknown top-level keys {sorted(unknown)}")
-    models = {mid: ModelEntry.from_dict(mid, spec) for mid, spec in data.get("models", {}).items()}
+    models = {
+        mid: CatalogEntry.from_dict(mid, spec) for mid, spec in data.get("models", {}).items()
+    }
     catalog = Catalog(
         models=models,
         sets={k: list(v) for k, v in data.get("sets", {}).items()},

@@ -4,6 +4,12 @@ For two uses only: tests (which cannot download real weights here) and the local
 command on a machine with no route to the weights' hosts. Files are named the way
 torchvision names its own ("<stem>-<sha256 prefix>.pth"), and a lock written by
 `bake_untrained` marks them `untrained`, which the backend refuses unless told otherwise.
+
+A plain random initialisation answers every image with one class at probability 1.0 (deep
+residual networks multiply their activations into the 1e8s), which would make every check of
+probabilities pass trivially. So the BatchNorm statistics are measured on noise images and the
+classifier is scaled to give logits of a fixed spread: answers differ from image to image and
+probabilities spread over many classes, as a trained model's do (they are still meaningless).
 """
 
 from __future__ import annotations
@@ -16,14 +22,36 @@ from pathlib import Path
 import torch
 from torchvision.models import get_model
 
-from weights.catalog import Catalog, ModelEntry
-from weights.lock import LockedFile, read_lock, sha256_of, write_lock
+from weights.catalog import Catalog, CatalogEntry
+from weights.lock import FetchedFile, read_lock, sha256_of, write_lock
+
+LOGIT_SPREAD = 3.0  # standard deviation of the demo models' logits on noise images
 
 
 def untrained_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A randomly initialised state dict of torchvision's `architecture` (reproducible)."""
+    """A random state dict of torchvision's `architecture` with spread answers (reproducible)."""
     torch.manual_seed(seed)
-    return get_model(architecture, weights=None).state_dict()
+    module = get_model(architecture, weights=None)
+    noise = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        norms = [
+            m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
+        if norms:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a plain average over the calibration batches
+            module.train()
+            for _ in range(2):
+                module(torch.randn(4, 3, 224, 224, generator=noise))
+        module.eval()
+        logits = module(torch.randn(4, 3, 224, 224, generator=noise))
+        classifier = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+        scale = LOGIT_SPREAD / max(float(logits.std()), 1e-12)
+        classifier.weight.mul_(scale)
+        if classifier.bias is not None:
+            classifier.bias.mul_(scale)
+    return module.state_dict()
 
 
 def write_untrained(
@@ -58,22 +86,21 @@ def write_untrained(
     return target, digest
 
 
-def bake_untrained(ids: Iterable[str], dest: Path, *, catalog: Catalog) -> list[LockedFile]:
+def bake_untrained(ids: Iterable[str], dest: Path, *, catalog: Catalog) -> list[FetchedFile]:
     """Write untrained weights for `ids` into `dest` with a lock that marks them untrained."""
     dest = Path(dest)
     records = read_lock(dest)
     baked = []
     for model_id in ids:
-        entry: ModelEntry = catalog.entry(model_id)
+        entry: CatalogEntry = catalog.entry(model_id)
         old = records.get(model_id)
         if old is not None and (dest / old.file).is_file():
             baked.append(old)  # real or demo, keep what is there
             continue
-        fmt = entry.file_format
         path, digest = write_untrained(
-            entry.architecture, dest, stem=f"{model_id}-untrained", fmt=fmt
+            entry.architecture, dest, stem=f"{model_id}-untrained", fmt=entry.file_format
         )
-        record = LockedFile(
+        record = FetchedFile(
             id=model_id,
             file=path.name,
             sha256=digest,

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import requests
 from tqdm import tqdm
 
-from weights.catalog import Catalog, ModelEntry
-from weights.lock import LockedFile, read_lock, sha256_of, write_lock
+from weights.catalog import Catalog, CatalogEntry
+from weights.lock import FetchedFile, read_lock, sha256_of, write_lock
 
 MIRROR_ENV = "WEIGHTS_MIRROR"
 HUB_ENDPOINT_ENV = "HF_ENDPOINT"
@@ -43,7 +43,7 @@ def fetch(
     mirror: str | None = None,
     hub_endpoint: str | None = None,
     progress: bool = True,
-) -> list[LockedFile]:
+) -> list[FetchedFile]:
     """Download (or verify and skip) each model's file into `dest`; update the lock."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def fetch(
     return fetched
 
 
-def _present(entry: ModelEntry, dest: Path, old: LockedFile | None) -> LockedFile | None:
+def _present(entry: CatalogEntry, dest: Path, old: FetchedFile | None) -> FetchedFile | None:
     """A record for the file if it is already there and correct, else None."""
     path = dest / entry.file_name
     if not path.is_file():
@@ -80,14 +80,14 @@ def _present(entry: ModelEntry, dest: Path, old: LockedFile | None) -> LockedFil
     return None
 
 
-def _digest_ok(entry: ModelEntry, digest: str) -> bool:
+def _digest_ok(entry: CatalogEntry, digest: str) -> bool:
     if entry.hub:
         return digest == entry.hub.sha256
     return digest.startswith(entry.hash_prefix or "")
 
 
-def _record(entry: ModelEntry, path: Path, digest: str, source: str) -> LockedFile:
-    return LockedFile(
+def _record(entry: CatalogEntry, path: Path, digest: str, source: str) -> FetchedFile:
+    return FetchedFile(
         id=entry.id,
         file=path.name,
         sha256=digest,
@@ -97,7 +97,7 @@ def _record(entry: ModelEntry, path: Path, digest: str, source: str) -> LockedFi
     )
 
 
-def download_url(entry: ModelEntry, mirror: str | None) -> str:
+def download_url(entry: CatalogEntry, mirror: str | None) -> str:
     """The URL to download from: the entry's own, or the same file name under a mirror."""
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV, "")
     if not mirror:
@@ -105,7 +105,7 @@ def download_url(entry: ModelEntry, mirror: str | None) -> str:
     return f"{mirror.rstrip('/')}/{entry.file_name}"
 
 
-def _fetch_url(entry: ModelEntry, dest: Path, mirror: str | None, progress: bool) -> LockedFile:
+def _fetch_url(entry: CatalogEntry, dest: Path, mirror: str | None, progress: bool) -> FetchedFile:
     url = download_url(entry, mirror)
     target = dest / entry.file_name
     host = urlsplit(url).netloc
@@ -161,7 +161,9 @@ def _fetch_url(entry: ModelEntry, dest: Path, mirror: str | None, progress: bool
     return _record(entry, target, hexdigest, url)
 
 
-def _fetch_hub(entry: ModelEntry, dest: Path, endpoint: str | None, progress: bool) -> LockedFile:
+def _fetch_hub(
+    entry: CatalogEntry, dest: Path, endpoint: str | None, progress: bool
+) -> FetchedFile:
     # Imported here: huggingface_hub reads HF_* variables at import time, and the
     # serving process must never import it with network settings.
     from huggingface_hub import constants, hf_hub_download
@@ -214,7 +216,7 @@ def _fetch_hub(entry: ModelEntry, dest: Path, endpoint: str | None, progress: bo
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _disk_error(exc: OSError, entry: ModelEntry, dest: Path) -> Exception:
+def _disk_error(exc: OSError, entry: CatalogEntry, dest: Path) -> Exception:
     if exc.errno == errno.ENOSPC:
         size = entry.weights_enum.meta.get("_file_size")
         need = f" (the file is about {size:.0f} MB)" if size else ""

@@ -1,8 +1,8 @@
 """The lock file: what a weights directory holds, with each file's full sha256 and size.
 
-`python -m weights fetch` writes it next to the files; the backend trusts nothing else.
-Each record also keeps the catalog entry the file was fetched for, so a baked directory
-describes itself even if the code's catalog later changes.
+`python -m weights fetch` writes it next to the files; the bake step (`python -m bake`) reads
+no file it does not list. Each entry also keeps the catalog entry the file was fetched for, so
+a weights directory describes itself even if the code's catalog later changes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from weights.catalog import ModelEntry
+from weights.catalog import CatalogEntry
 
 LOCK_NAME = "weights.lock"
 LOCK_FORMAT = 1
@@ -23,8 +23,8 @@ _CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
-class LockedFile:
-    """One baked weights file."""
+class FetchedFile:
+    """One fetched weights file: the second stage of a model's life, after its catalog entry."""
 
     id: str
     file: str
@@ -34,8 +34,8 @@ class LockedFile:
     entry: dict[str, Any]
     untrained: bool = False  # generated demo weights, never served unless allowed
 
-    def model_entry(self) -> ModelEntry:
-        return ModelEntry.from_dict(self.id, dict(self.entry))
+    def catalog_entry(self) -> CatalogEntry:
+        return CatalogEntry.from_dict(self.id, dict(self.entry))
 
 
 def sha256_of(path: Path) -> str:
@@ -44,7 +44,7 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def read_lock(directory: Path) -> dict[str, LockedFile]:
+def read_lock(directory: Path) -> dict[str, FetchedFile]:
     """The records of `directory`'s lock file, by model id; {} if there is none."""
     path = Path(directory) / LOCK_NAME
     if not path.exists():
@@ -52,10 +52,10 @@ def read_lock(directory: Path) -> dict[str, LockedFile]:
     data = json.loads(path.read_text())
     if data.get("format") != LOCK_FORMAT:
         raise ValueError(f"{path}: unsupported lock format {data.get('format')!r}")
-    return {mid: LockedFile(id=mid, **rec) for mid, rec in data["models"].items()}
+    return {mid: FetchedFile(id=mid, **rec) for mid, rec in data["models"].items()}
 
 
-def write_lock(directory: Path, records: dict[str, LockedFile]) -> Path:
+def write_lock(directory: Path, records: dict[str, FetchedFile]) -> Path:
     """Write the lock atomically, so an interrupted build never leaves half a lock."""
     directory = Path(directory)
     body = {

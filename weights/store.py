@@ -1,168 +1,129 @@
-"""Run-time access to a baked weights directory: what it holds, and offline loading.
+"""A fetched weights directory, read at build time: what it holds, and torchvision modules.
 
 Nothing here downloads. Every file is checked against the lock's sha256 before it is
 deserialised; pickles are read with `weights_only=True` (no code runs), safetensors with
-the safetensors reader; `load_state_dict(strict=True)` refuses missing or extra keys.
+the safetensors reader; `load_state_dict(strict=True)` refuses missing or extra keys. The bake
+step builds its reference (eager) models here; the backend never imports this module.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import time
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torchvision.models import get_model
 
-from weights.catalog import CatalogError, ModelEntry
-from weights.lock import LOCK_NAME, LockedFile, read_lock, sha256_of
-
-# The libraries' own offline switches: even an accidental hub call must fail fast
-# instead of reaching out. Set before anything imports huggingface_hub.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-
-
-def go_offline() -> None:
-    """Set the libraries' offline switches in this process."""
-    for key, value in OFFLINE_ENV.items():
-        os.environ[key] = value
+from weights.catalog import CatalogEntry, CatalogError
+from weights.lock import LOCK_NAME, FetchedFile, read_lock, sha256_of
 
 
 class WeightsError(RuntimeError):
-    """A baked weights file is missing, corrupt or unsafe; the message says what to do."""
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for inference, with where it came from and how long loading took."""
-
-    entry: ModelEntry
-    record: LockedFile
-    module: torch.nn.Module
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    """A fetched weights file is missing, corrupt or unsafe; the message says what to do."""
 
 
 class WeightsStore:
-    """A weights directory written by `python -m weights fetch`."""
+    """A weights directory written by `python -m weights fetch` (or `demo`)."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
-        self._records: dict[str, LockedFile] | None = None
+        self._fetched: dict[str, FetchedFile] | None = None
         self._hashed: set[str] = set()  # ids whose file's sha256 matched (files don't change)
-        go_offline()
 
-    def _fetch_hint(self, model_id: str) -> str:
+    def fetch_hint(self, model_id: str) -> str:
         return f"python -m weights fetch --models {model_id} --dest {self.directory}"
 
-    def records(self) -> dict[str, LockedFile]:
-        """What is baked here, by model id (raises WeightsError if there is no lock).
-
-        Read once: a baked directory does not change while a process serves from it.
-        """
-        if self._records is None:
+    def all_fetched(self) -> dict[str, FetchedFile]:
+        """What this directory holds, by model id (raises WeightsError if there is no lock)."""
+        if self._fetched is None:
             lock = self.directory / LOCK_NAME
             if not lock.is_file():
                 raise WeightsError(
-                    f"no {LOCK_NAME} in {self.directory}: this is not a baked weights directory. "
+                    f"no {LOCK_NAME} in {self.directory}: this is not a weights directory. "
                     f"Create it with: python -m weights fetch --models v1 --dest {self.directory}"
                 )
             try:
-                self._records = read_lock(self.directory)
+                self._fetched = read_lock(self.directory)
             except (ValueError, TypeError, KeyError) as exc:
                 raise WeightsError(
                     f"{lock} is unreadable ({exc!r}); fetch the weights again"
                 ) from exc
-        return self._records
+        return self._fetched
 
-    def record(self, model_id: str) -> LockedFile:
-        records = self.records()
-        if model_id not in records:
+    def fetched(self, model_id: str) -> FetchedFile:
+        everything = self.all_fetched()
+        if model_id not in everything:
             raise WeightsError(
-                f"model {model_id!r} is not baked in {self.directory} "
-                f"(it holds: {', '.join(records) or 'nothing'}). "
-                f"Add it with: {self._fetch_hint(model_id)}"
+                f"model {model_id!r} is not fetched in {self.directory} "
+                f"(it holds: {', '.join(everything) or 'nothing'}). "
+                f"Add it with: {self.fetch_hint(model_id)}"
             )
-        return records[model_id]
+        return everything[model_id]
 
     def check(
         self, model_id: str, *, allow_untrained: bool = False
-    ) -> tuple[LockedFile, ModelEntry]:
-        """Cheap checks, no hashing: baked, allowed, its entry known to torchvision, file
-        present with the locked size. What a server runs before it binds its port."""
-        record = self.record(model_id)
-        if record.untrained and not allow_untrained:
+    ) -> tuple[FetchedFile, CatalogEntry]:
+        """Cheap checks, no hashing: fetched, allowed, its entry known to torchvision, file
+        present with the locked size."""
+        fetched = self.fetched(model_id)
+        if fetched.untrained and not allow_untrained:
             raise WeightsError(
-                f"{record.file} in {self.directory} holds untrained demo weights for "
+                f"{fetched.file} in {self.directory} holds untrained demo weights for "
                 f"{model_id!r}; images never serve them (ALLOW_UNTRAINED_WEIGHTS=1 is for a "
-                f"local demo only). Fetch the real ones with: {self._fetch_hint(model_id)}"
+                f"local demo only). Fetch the real ones with: {self.fetch_hint(model_id)}"
             )
         try:
-            entry = record.model_entry()
+            entry = fetched.catalog_entry()
             entry.validate()
         except (CatalogError, KeyError, ValueError, TypeError) as exc:
             raise WeightsError(
                 f"the lock's entry for {model_id!r} in {self.directory} does not fit this "
-                f"torchvision ({exc}); fetch it again with: {self._fetch_hint(model_id)}"
+                f"torchvision ({exc}); fetch it again with: {self.fetch_hint(model_id)}"
             ) from exc
-        path = self.directory / record.file
+        path = self.directory / fetched.file
         if not path.is_file():
             raise WeightsError(
-                f"weights file {record.file} for model {model_id!r} is missing from "
-                f"{self.directory}. Recreate it with: {self._fetch_hint(model_id)}"
+                f"weights file {fetched.file} for model {model_id!r} is missing from "
+                f"{self.directory}. Recreate it with: {self.fetch_hint(model_id)}"
             )
         size = path.stat().st_size
-        if size != record.size:
+        if size != fetched.size:
             raise WeightsError(
-                f"weights file {path} is {size} bytes, the lock says {record.size}: "
-                f"it is truncated or replaced. Recreate it with: {self._fetch_hint(model_id)}"
+                f"weights file {path} is {size} bytes, the lock says {fetched.size}: "
+                f"it is truncated or replaced. Recreate it with: {self.fetch_hint(model_id)}"
             )
-        return record, entry
+        return fetched, entry
 
-    def verify(self, model_id: str, *, allow_untrained: bool = True) -> Path:
-        """The file's path, after `check` and its full sha256 against the lock."""
-        return self._verified(model_id, allow_untrained)[2]
-
-    def _verified(
-        self, model_id: str, allow_untrained: bool
-    ) -> tuple[LockedFile, ModelEntry, Path]:
-        record, entry = self.check(model_id, allow_untrained=allow_untrained)
-        path = self.directory / record.file
+    def verify(
+        self, model_id: str, *, allow_untrained: bool = True
+    ) -> tuple[FetchedFile, CatalogEntry, Path]:
+        """`check`, then the file's full sha256 against the lock; the file's path last."""
+        fetched, entry = self.check(model_id, allow_untrained=allow_untrained)
+        path = self.directory / fetched.file
         if model_id in self._hashed:
-            return record, entry, path
+            return fetched, entry, path
         digest = sha256_of(path)
-        if digest != record.sha256:
+        if digest != fetched.sha256:
             raise WeightsError(
-                f"weights file {path} has sha256 {digest}, the lock says {record.sha256}: "
-                f"it is corrupt or was replaced. Recreate it with: {self._fetch_hint(model_id)}"
+                f"weights file {path} has sha256 {digest}, the lock says {fetched.sha256}: "
+                f"it is corrupt or was replaced. Recreate it with: {self.fetch_hint(model_id)}"
             )
         self._hashed.add(model_id)
-        return record, entry, path
+        return fetched, entry, path
 
-    def load(self, model_id: str, *, allow_untrained: bool = False) -> LoadedModel:
-        """Verify, deserialise safely and build the model in eval mode, fully offline.
+    def load(self, model_id: str, *, allow_untrained: bool = False) -> torch.nn.Module:
+        """The verified file, deserialised safely, in torchvision's architecture, eval mode.
 
-        Untrained demo weights (`python -m weights demo`) are refused unless allowed:
-        only the local run command serves them, never an image.
+        Untrained demo weights (`python -m weights demo`) are refused unless allowed.
         """
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        record, entry, path = self._verified(model_id, allow_untrained)
-        timings["verify"] = _ms_since(start)
-
-        start = time.perf_counter()
+        _, entry, path = self.verify(model_id, allow_untrained=allow_untrained)
         state_dict = self._read_state_dict(path, entry, model_id)
-        timings["read"] = _ms_since(start)
-
-        start = time.perf_counter()
-        module = build_model(entry.architecture, state_dict, where=f"{path} ({model_id})")
-        timings["build"] = _ms_since(start)
-        return LoadedModel(entry=entry, record=record, module=module, timings_ms=timings)
+        return build_model(entry.architecture, state_dict, where=f"{path} ({model_id})")
 
     @staticmethod
-    def _read_state_dict(path: Path, entry: ModelEntry, model_id: str) -> dict:
+    def _read_state_dict(path: Path, entry: CatalogEntry, model_id: str) -> dict:
         try:
             if entry.file_format == "safetensors":
                 from safetensors.torch import load_file
@@ -204,7 +165,3 @@ def build_model(architecture: str, state_dict: dict, *, where: str) -> torch.nn.
         module = get_model(architecture, weights=None)
         module.load_state_dict(state_dict, strict=True)
     return module.eval()
-
-
-def _ms_since(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 1)

@@ -1,0 +1,202 @@
+"""Fetched file -> bundle, for each model of a selection; unchanged inputs are verified and kept.
+
+A bundle is built in a hidden directory next to its final place and renamed into place only
+when it is complete and verified, so an interrupted or failed build never leaves half a
+bundle that a server could pick up.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.metadata
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from bake.export import export_onnx
+from bake.probes import probe_images
+from bake.verify import TOLERANCE, TOP, verify
+from runtime.bundle import (
+    FORMAT,
+    GRAPH,
+    GRAPH_DATA,
+    INDEX,
+    MANIFEST,
+    REFERENCE_IMAGE,
+    Artifact,
+    Bundle,
+    BundleError,
+    BundleIndex,
+    Manifest,
+    Reference,
+    Source,
+    fix_command,
+    sha256_of,
+    write_atomically,
+)
+from runtime.session import ModelSession, top_classes
+from runtime.settings import SessionSettings, available_cpus
+from weights.catalog import Catalog, CatalogEntry
+from weights.lock import FetchedFile
+from weights.store import WeightsStore
+
+PACKAGES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime")
+_CODE = (Path(__file__).parent, Path(__file__).parent.parent / "runtime")
+
+
+def bake(
+    ids: list[str],
+    weights_dir: Path,
+    dest: Path,
+    *,
+    catalog: Catalog,
+    say: Callable[[str], None] = print,
+) -> list[Manifest]:
+    """Make sure `dest` holds a verified bundle of each model; give their manifests."""
+    weights_dir, dest = Path(weights_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    store = WeightsStore(weights_dir)
+    versions = {name: importlib.metadata.version(name) for name in PACKAGES}
+    code = _code_digest()
+    manifests = []
+    for number, model_id in enumerate(ids, start=1):
+        fetched, entry, _ = store.verify(model_id, allow_untrained=True)
+        inputs = _inputs_digest(fetched, versions, code)
+        where = f"{model_id} ({number}/{len(ids)})"
+        kept = _unchanged(dest / model_id, inputs, fix_command(model_id, dest, weights_dir))
+        if kept is not None:
+            say(f"{where}: bundle present, verified, inputs unchanged; skipping")
+            manifests.append(kept)
+            continue
+        say(f"{where}: exporting {entry.architecture} from {fetched.file} to ONNX")
+        manifest = _build(store, fetched, entry, inputs, versions, dest, say)
+        manifests.append(manifest)
+        gc.collect()  # the eager model and the session of a big model are gone before the next
+    _write_index(dest, catalog)
+    return manifests
+
+
+def _build(
+    store: WeightsStore,
+    fetched: FetchedFile,
+    entry: CatalogEntry,
+    inputs: str,
+    versions: dict[str, str],
+    dest: Path,
+    say: Callable[[str], None],
+) -> Manifest:
+    model_id = fetched.id
+    staging = Path(tempfile.mkdtemp(dir=dest, prefix=f".{model_id}.baking-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
+    try:
+        module = store.load(model_id, allow_untrained=True)
+        preprocessing = entry.runtime_preprocessing()
+        exported = export_onnx(module, preprocessing.crop, staging, model_id=model_id)
+        say(f"{model_id}: exported in {exported['seconds']:.1f} s (opset {exported['opset']})")
+
+        meta = entry.metadata()
+        draft = Manifest(
+            id=model_id,
+            architecture=entry.architecture,
+            weights=entry.weights,
+            categories=entry.categories,
+            preprocessing=preprocessing,
+            parameters=int(meta["parameters"]),
+            imagenet_acc1=meta["imagenet_acc1"],
+            imagenet_acc5=meta["imagenet_acc5"],
+            source=Source(fetched.file, fetched.source, fetched.sha256, fetched.size),
+            artifacts={},
+            versions={**versions, "opset": str(exported["opset"])},
+            verification={},
+            reference=Reference(top=[], tolerance=TOLERANCE),
+            inputs=inputs,
+            export_seconds=exported["seconds"],
+            untrained=fetched.untrained,
+        )
+        session = ModelSession(Bundle(staging, draft), SessionSettings(threads=available_cpus()))
+        images = probe_images()
+        checked, probabilities = verify(model_id, module, entry.transforms(), session, images)
+        say(
+            f"{model_id}: verified against torchvision on {checked.images} images: worst "
+            f"probability difference {checked.worst_probability_difference:.1e} (tolerance "
+            f"{checked.tolerance:g}), {checked.top5_positions_checked} top-{TOP} places agree"
+        )
+        images[0].save(staging / REFERENCE_IMAGE)  # PNG: lossless, re-decodes to the same pixels
+        manifest = replace(
+            draft,
+            artifacts={
+                name: Artifact(sha256_of(staging / name), (staging / name).stat().st_size)
+                for name in (GRAPH, GRAPH_DATA, REFERENCE_IMAGE)
+            },
+            verification=checked.to_dict(),
+            reference=Reference(top=top_classes(probabilities[0], TOP), tolerance=TOLERANCE),
+        )
+        (staging / MANIFEST).write_text(manifest.to_json())
+        del session, module
+        _move_into_place(staging, dest / model_id)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size_mb = sum(a.size for a in manifest.artifacts.values()) / 1e6
+    say(f"{model_id}: bundle written to {dest / model_id} ({size_mb:.1f} MB)")
+    return manifest
+
+
+def _unchanged(directory: Path, inputs: str, fix: str) -> Manifest | None:
+    """The bundle's manifest if it was made from exactly `inputs` and its files verify."""
+    if not (directory / MANIFEST).is_file():
+        return None
+    try:
+        bundle = Bundle.read(directory, fix=fix)
+        if bundle.manifest.inputs != inputs:
+            return None
+        bundle.verify(fix=fix)
+    except BundleError:
+        return None  # damaged or from another runtime: build it again
+    return bundle.manifest
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Replace `target` by `staging`: the old bundle stays whole until the new one is there."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{time.time_ns()}")
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_index(dest: Path, catalog: Catalog) -> None:
+    """index.json: every bundle in `dest`, in the catalog's order, with its default and sets."""
+    present = {p.name for p in dest.iterdir() if (p / MANIFEST).is_file()}
+    models = [i for i in catalog.ids if i in present] + sorted(present - set(catalog.ids))
+    index = BundleIndex(models=models, default=catalog.default, sets=dict(catalog.sets))
+    write_atomically(dest / INDEX, index.to_json())
+
+
+def _inputs_digest(fetched: FetchedFile, versions: dict[str, str], code: str) -> str:
+    """Everything a bundle is made from: the fetched file and its entry, the libraries, the code."""
+    inputs = {
+        "format": FORMAT,
+        "entry": fetched.entry,
+        "source_sha256": fetched.sha256,
+        "untrained": fetched.untrained,
+        "versions": versions,
+        "code": code,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _code_digest() -> str:
+    """The bake and runtime packages' sources: a change to either may change a bundle."""
+    digest = hashlib.sha256()
+    for package in _CODE:
+        for path in sorted(package.glob("*.py")):
+            digest.update(f"{package.name}/{path.name}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,253 @@
+"""The bundle format: one compiled, verified model on disk. The bake step writes it; the backend
+reads it and trusts nothing else.
+
+    <bundles directory>/
+      index.json              what the directory serves: ids in order, default, the catalog's sets
+      <model id>/
+        manifest.json         everything the runtime needs to know, and where the model came from
+        model.onnx            the graph, with a dynamic batch dimension
+        model.onnx.data       its weights as external data (ONNX Runtime memory-maps them)
+        reference.png         an image the build verified, with its answer in the manifest: the
+                              backend re-checks it at start on the machine it runs on
+
+Every file but the manifest is listed in the manifest with its sha256 and size; a bundle whose
+files do not match is refused (`Bundle.check`, `Bundle.verify`). docs/architecture.md describes
+each field and why the format is what it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.preprocess import Preprocessing
+from runtime.selection import select
+
+FORMAT = 1
+INDEX = "index.json"
+MANIFEST = "manifest.json"
+GRAPH = "model.onnx"
+GRAPH_DATA = "model.onnx.data"
+REFERENCE_IMAGE = "reference.png"
+_CHUNK = 1 << 20
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, incomplete, altered or unusable; the message says how to fix it."""
+
+
+def fix_command(model_ids: str, dest: Path | str, weights_dir: Path | str = "WEIGHTS_DIR") -> str:
+    """The command that (re)builds bundles, for the messages that say how to fix one."""
+    return f"python -m bake --models {model_ids} --weights {weights_dir} --dest {dest}"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file of a bundle, as the bake step wrote it."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """The weights file a bundle was compiled from (a fetched file of `weights.lock`)."""
+
+    file: str
+    url: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The answer the build verified for `reference.png`: top classes and probabilities."""
+
+    top: list[tuple[int, float]]  # (class index, probability), best first
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a bundle is: the model, its preprocessing, its files, how it was made and checked."""
+
+    id: str
+    architecture: str
+    weights: str  # the full torchvision weights name, e.g. ResNet152_Weights.IMAGENET1K_V2
+    categories: list[str]
+    preprocessing: Preprocessing
+    parameters: int
+    imagenet_acc1: float | None
+    imagenet_acc5: float | None
+    source: Source
+    artifacts: dict[str, Artifact]
+    versions: dict[str, str]  # torch, torchvision, onnx, onnxscript, onnxruntime, opset
+    verification: dict[str, Any]  # images, worst differences, tolerance, seconds
+    reference: Reference
+    inputs: str  # digest of everything the bundle was made from: unchanged inputs, no rebuild
+    export_seconds: float
+    untrained: bool = False  # generated demo weights: served only when allowed
+    format: int = FORMAT
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.crop
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else None
+            raise ValueError(f"bundle format {found!r}, this runtime reads format {FORMAT}")
+        data["preprocessing"] = Preprocessing(**data["preprocessing"])
+        data["source"] = Source(**data["source"])
+        data["artifacts"] = {name: Artifact(**a) for name, a in data["artifacts"].items()}
+        reference = data["reference"]
+        data["reference"] = Reference(
+            top=[(int(i), float(p)) for i, p in reference["top"]],
+            tolerance=float(reference["tolerance"]),
+        )
+        return cls(**data)
+
+
+def sha256_of(path: Path, should_stop: Callable[[], bool] | None = None) -> str | None:
+    """The file's sha256 (hex), read in chunks; None if `should_stop()` turned true meanwhile."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            if should_stop is not None and should_stop():
+                return None
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A bundle directory and its manifest."""
+
+    directory: Path
+    manifest: Manifest
+    _verified: bool = field(default=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def graph(self) -> Path:
+        return self.directory / GRAPH
+
+    @property
+    def reference_image(self) -> Path:
+        return self.directory / REFERENCE_IMAGE
+
+    @classmethod
+    def read(cls, directory: Path, *, fix: str) -> Bundle:
+        """The bundle in `directory`; `fix` is the command that rebuilds it, for the messages."""
+        path = directory / MANIFEST
+        try:
+            manifest = Manifest.from_json(path.read_text())
+        except FileNotFoundError:
+            raise BundleError(f"{path} is missing. Rebuild the bundle: {fix}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"{path} is unreadable ({exc}). Rebuild the bundle: {fix}") from exc
+        if manifest.id != directory.name:
+            raise BundleError(
+                f"{path} describes {manifest.id!r}, not {directory.name!r}. Rebuild it: {fix}"
+            )
+        return cls(directory, manifest)
+
+    def check(self, *, fix: str) -> None:
+        """Cheap checks, no hashing: every file of the manifest present with its size."""
+        for name, artifact in self.manifest.artifacts.items():
+            path = self.directory / name
+            if not path.is_file():
+                raise BundleError(
+                    f"bundle file {path} of model {self.id!r} is missing. Rebuild it: {fix}"
+                )
+            size = path.stat().st_size
+            if size != artifact.size:
+                raise BundleError(
+                    f"bundle file {path} of model {self.id!r} is {size:,} bytes, its manifest "
+                    f"says {artifact.size:,}: it is truncated or replaced. Rebuild it: {fix}"
+                )
+
+    def verify(self, *, fix: str, should_stop: Callable[[], bool] | None = None) -> bool:
+        """`check`, then every file's sha256 against the manifest; False if stopped first."""
+        if self._verified:
+            return True
+        self.check(fix=fix)
+        for name, artifact in self.manifest.artifacts.items():
+            path = self.directory / name
+            digest = sha256_of(path, should_stop)
+            if digest is None:
+                return False
+            if digest != artifact.sha256:
+                raise BundleError(
+                    f"bundle file {path} of model {self.id!r} has sha256 {digest}, its manifest "
+                    f"says {artifact.sha256}: it was altered. Rebuild it: {fix}"
+                )
+        self._verified = True
+        return True
+
+
+@dataclass(frozen=True)
+class BundleIndex:
+    """What a bundles directory serves: model ids in order, the default, the catalog's sets."""
+
+    models: list[str]
+    default: str
+    sets: dict[str, list[str]] = field(default_factory=dict)
+    format: int = FORMAT
+
+    def select(self, selection: str | Sequence[str] | None) -> list[str]:
+        """The baked ids a selection names (None: all of them); raises SelectionError."""
+        if selection is None:
+            return list(self.models)
+        # Sets come from the whole catalog: a set may name models this directory lacks, and
+        # the caller says so (better than "unknown set").
+        return select(selection, self.models, self.sets)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> BundleIndex:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"index format {data.get('format')!r}, this runtime reads {FORMAT}")
+        return cls(**data)
+
+
+def read_index(directory: Path) -> BundleIndex:
+    """The index of a bundles directory; BundleError naming the fix if it has none."""
+    path = Path(directory) / INDEX
+    try:
+        return BundleIndex.from_json(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(
+            f"no {INDEX} in {directory}: it holds no bundles. Build them with: "
+            f"{fix_command('v1', directory)}"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"{path} is unreadable ({exc}); build the bundles again") from exc
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a small file so that a reader sees the old one or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)

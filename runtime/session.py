@@ -1,0 +1,128 @@
+"""A bundle opened in ONNX Runtime: a batch in, class probabilities out.
+
+The backend builds one `ModelSession` per bundle at start; the bake step builds one to verify
+a bundle before it is written. How sessions run (runtime/settings.py) is what
+benchmarks/RESULTS.md measured.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+from PIL import Image
+
+from runtime.bundle import Bundle, BundleError
+from runtime.settings import SessionSettings
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_ERRORS_ONLY = 3  # ONNX Runtime's log severity: 0 verbose ... 3 error, 4 fatal
+# What InferenceSession raises for a graph it cannot load: its own classes, none of them a
+# RuntimeError or an OSError.
+_LOAD_ERRORS = (
+    _ort_state.Fail,
+    _ort_state.InvalidArgument,
+    _ort_state.InvalidGraph,
+    _ort_state.InvalidProtobuf,
+    _ort_state.NoSuchFile,
+    _ort_state.NotImplemented,
+    _ort_state.RuntimeException,
+)
+
+
+def session_options(settings: SessionSettings) -> ort.SessionOptions:
+    """ONNX Runtime's options for `settings`."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = _LEVELS[settings.optimization]
+    options.enable_cpu_mem_arena = settings.memory_arena
+    options.log_severity_level = _ERRORS_ONLY
+    if not settings.prepacking:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if settings.spinning else "0"
+    )
+    return options
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (the probabilities a client sees)."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def top_classes(probabilities: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k most probable (class index, probability) of one row, best first."""
+    k = min(k, probabilities.shape[-1])
+    best = np.argpartition(-probabilities, k - 1)[:k]
+    best = best[np.argsort(-probabilities[best], kind="stable")]
+    return [(int(i), float(probabilities[i])) for i in best]
+
+
+class ModelSession:
+    """One bundle, opened: its preprocessing, categories and forward pass."""
+
+    def __init__(self, bundle: Bundle, settings: SessionSettings) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        try:
+            self._session = ort.InferenceSession(
+                str(bundle.graph), session_options(settings), providers=["CPUExecutionProvider"]
+            )
+        except _LOAD_ERRORS as exc:
+            raise BundleError(
+                f"ONNX Runtime cannot open the graph of {bundle.id!r} ({bundle.graph}): {exc}"
+            ) from exc
+        self._input = self._session.get_inputs()[0].name
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def categories(self) -> list[str]:
+        return self.manifest.categories
+
+    @property
+    def untrained(self) -> bool:
+        return self.manifest.untrained
+
+    def preprocess(self, images: list[Image.Image]) -> np.ndarray:
+        return self.manifest.preprocessing.batch(images)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """The model's raw output for a (N, 3, H, W) float32 batch."""
+        return self._session.run(None, {self._input: batch})[0]
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(batch))
+
+    def check_reference(self) -> None:
+        """Answer the bundle's reference image as the build verified it, or raise BundleError.
+
+        The bake step checked the graph against torchvision on its build machine; this checks,
+        with one forward pass (the warm-up), that this machine and this runtime still agree.
+        """
+        reference = self.manifest.reference
+        with Image.open(self.bundle.reference_image) as image:
+            probabilities = self.probabilities(self.preprocess([image.convert("RGB")]))[0]
+        worst = max(abs(float(probabilities[i]) - p) for i, p in reference.top)
+        best = int(np.argmax(probabilities))
+        (expected_best, p0), (_, p1) = reference.top[0], reference.top[1]
+        separable = p0 - p1 > reference.tolerance
+        if worst > reference.tolerance or (separable and best != expected_best):
+            raise BundleError(
+                f"model {self.id!r} answers its reference image differently here than when it "
+                f"was built (worst probability difference {worst:.2e}, tolerance "
+                f"{reference.tolerance:g}; best class {best}, built {expected_best}). The runtime "
+                f"differs from the build's (onnxruntime {ort.__version__} here, "
+                f"{self.manifest.versions.get('onnxruntime')} at build): rebuild the image"
+            )
