@@ -1,22 +1,25 @@
-# Backend base image: Python, CPU-only torch, the locked dependencies and the baked model weights.
+# Backend base image, in two stages (docs/architecture.md):
+#   bake     Python, CPU-only torch + torchvision + the ONNX exporter: fetch the weights, export
+#            each model to ONNX, verify it against torchvision, write a bundle per model.
+#            Thrown away after the build, all but its bundles.
+#   runtime  (the image) Python, the serving dependencies (ONNX Runtime, no torch), the
+#            runtime package and the bundles.
 # The code image (docker/backend.Dockerfile) adds only the application on top of it.
 #
-# Layers run from the slowest-changing to the fastest-changing, so that a change invalidates
-# as little as possible:
-#   1. the venv                        (changes with the Python image)
-#   2. torch + torchvision             (~200 MB CPU wheels; change on a deliberate upgrade)
-#   3. the other locked dependencies   (change when uv.lock changes)
-#   4. the weights package + weights   (up to ~1.5 GB; change with the model set, the catalog
-#                                       or the weights package's code)
-# The weights come last although they are the largest layer: they change more often than
-# torch (a model added to a set), and putting them after the dependencies means such a change
-# re-downloads only the weights, while a dependency bump re-downloads both (the price of the
-# weights being last is paid rarely; the reverse order would pay torch on every model change).
+# In each stage the layers run from the slowest-changing to the fastest-changing, so that a
+# change invalidates as little as possible. bake: the venv (changes with the Python image),
+# torch + torchvision (~200 MB CPU wheels; a deliberate upgrade), the other locked bake
+# dependencies (uv.lock), the fetched weights (the model set, the catalog, the weights
+# package), then export + verify (the bake and runtime packages). runtime: the venv with the
+# serving dependencies, the runtime package, then the bundles, the largest layer, last: a new
+# model set re-uploads the bundles and nothing else.
 #
-# Build arguments have production defaults; containers.md shows the local substitutes.
+# Build arguments have production defaults; tests/containers.py shows the local substitutes.
 
 ARG PYTHON_IMAGE=python:3.11-slim
-FROM ${PYTHON_IMAGE}
+
+# --- bake --------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS bake
 
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:${PATH} \
@@ -25,10 +28,10 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Our own venv rather than the image's interpreter: it works the same on python:3.11-slim and on
-# Debian's python3 (which refuses pip outside a venv), and the app never sees the system site.
+# Debian's python3 (which refuses pip outside a venv).
 RUN python3 -m venv "${VIRTUAL_ENV}"
 
-WORKDIR /app
+WORKDIR /build
 
 # Each ARG is declared just before the first step that uses it: every RUN after an ARG is
 # cached by its value, so e.g. a new model set must not come before (and invalidate) torch.
@@ -52,9 +55,9 @@ RUN if [ -z "${PIP_CERT}" ]; then unset PIP_CERT; fi; \
         pip install -r /tmp/requirements-torch.txt; \
     fi
 
-COPY docker/requirements-backend.txt /tmp/requirements-backend.txt
+COPY docker/requirements-bake.txt /tmp/requirements-bake.txt
 RUN if [ -z "${PIP_CERT}" ]; then unset PIP_CERT; fi; \
-    pip install -r /tmp/requirements-backend.txt \
+    pip install -r /tmp/requirements-bake.txt \
     && pip check
 
 # A set of the catalog (v1, v2, small) or comma-separated model ids.
@@ -62,28 +65,59 @@ ARG MODELS=v1
 # Optional substitutes for the download sources (empty: torchvision's and the Hub's own).
 ARG WEIGHTS_MIRROR=""
 ARG HF_ENDPOINT=""
-# Optional catalog file, a path inside the image (e.g. weights/<file> of the build context).
+# Optional catalog file, a path inside the image (e.g. /build/weights/<file> of the context).
 ARG WEIGHTS_CATALOG=""
 
-# Only the weights package: a change to the backend's code must not invalidate this layer.
-COPY weights/ /app/weights/
+# The weights package and the two runtime modules its catalog uses, not the whole runtime: a
+# change to the serving code must not download the weights again.
+COPY runtime/__init__.py runtime/preprocess.py runtime/selection.py /build/runtime/
+COPY weights/ /build/weights/
 # Empty mirror/endpoint/catalog arguments mean "not set": unset them so nothing reads "".
 RUN if [ -z "${WEIGHTS_MIRROR}" ]; then unset WEIGHTS_MIRROR; fi; \
     if [ -z "${HF_ENDPOINT}" ]; then unset HF_ENDPOINT; fi; \
     if [ -z "${WEIGHTS_CATALOG}" ]; then unset WEIGHTS_CATALOG; fi; \
-    python -m weights fetch --models "${MODELS}" --dest /opt/weights --no-progress \
-    && python -m weights verify --dest /opt/weights \
-    && python -m compileall -q /app/weights
+    python -m weights fetch --models "${MODELS}" --dest /build/weights-files --no-progress \
+    && python -m weights verify --dest /build/weights-files
 
-# Runtime: serve only what was baked, never download (HF_HUB_OFFLINE makes the Hub client
-# fail fast instead of reaching out). MODELS stays what was baked unless a deploy overrides it,
-# and the service reads the catalog the weights were fetched with (empty: the built-in one).
+# Export to ONNX and verify against torchvision, model by model; the build fails here if a
+# compiled model does not answer as torchvision's does.
+COPY runtime/ /build/runtime/
+COPY bake/ /build/bake/
+RUN if [ -z "${WEIGHTS_CATALOG}" ]; then unset WEIGHTS_CATALOG; fi; \
+    python -m bake --models "${MODELS}" --weights /build/weights-files --dest /opt/bundles
+
+# --- runtime (the base image) --------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The venv and the serving dependencies in one layer, then pip itself out of it: nothing
+# installs at run time, and pip with setuptools is 26 MB of the image's ~350 MB without models
+# (removed in a later layer, it would still be shipped in this one).
+ARG PIP_CERT=""
+COPY docker/requirements-backend.txt /tmp/requirements-backend.txt
+RUN if [ -z "${PIP_CERT}" ]; then unset PIP_CERT; fi; \
+    python3 -m venv "${VIRTUAL_ENV}" \
+    && pip install -r /tmp/requirements-backend.txt \
+    && pip check \
+    && pip uninstall --yes --quiet pip setuptools
+
+# The runtime package, root-owned and compiled here so a cold start does not compile it.
+COPY runtime/ /app/runtime/
+RUN python -m compileall -q /app/runtime
+
+# Nothing of the bake stage reaches this image but its bundles: no torch, no weights files.
+COPY --from=bake /opt/bundles /opt/bundles
+
+# Serve what was baked (every bundle unless a deploy sets MODELS), never download anything.
 ENV PYTHONPATH=/app \
-    WEIGHTS_DIR=/opt/weights \
-    MODELS=${MODELS} \
-    WEIGHTS_CATALOG=${WEIGHTS_CATALOG} \
-    HF_HUB_OFFLINE=1 \
-    HF_HUB_DISABLE_TELEMETRY=1
+    BUNDLES_DIR=/opt/bundles
 
 # A non-root user, named by number so the platform can tell it is not root without reading
 # /etc/passwd; it gets a home so libraries that want ~/.cache find a writable one.

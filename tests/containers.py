@@ -3,7 +3,10 @@
 Used by the container tests (marker `container`). Everything here is idempotent and cached
 on the machine: the tools are installed once (apt-get), the local Python base image is made
 once (debootstrap), and podman keeps built layers, so only the first run is slow.
-See shared/containers.md for why each step is needed.
+Why each step is needed: podman's default runtime (crun) and its open-file limits do not work
+on this kind of host (docker/containers.conf), no registry serves python:3.11-slim here (a
+debootstrap image stands in), and downloads pass a TLS-intercepting proxy (its CA is handed
+to pip for the build only).
 """
 
 from __future__ import annotations
@@ -154,9 +157,10 @@ def build(
     *,
     context: Path = ROOT,
     build_args: Mapping[str, str] | None = None,
+    target: str | None = None,
     timeout: float = 3600,
 ) -> tuple[subprocess.CompletedProcess, float]:
-    """Build an image from one of the project's Dockerfiles; give the process and seconds.
+    """Build an image (or one `target` stage) from a project Dockerfile; give it and seconds.
 
     Layers are cached (--layers); a Dockerfile that takes PIP_CERT gets the host's CA
     bind-mounted (never stored in a layer); the build shares the host's network, so a server
@@ -174,6 +178,8 @@ def build(
         "--tag",
         tag,
     ]
+    if target:
+        args += ["--target", target]
     build_args = dict(build_args or {})
     if "ARG PIP_CERT" in (context / dockerfile).read_text():
         args += ["--volume", f"{HOST_CA}:{BUILD_CA}:ro"]

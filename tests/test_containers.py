@@ -1,10 +1,11 @@
 """The real images, built with podman from the project's Dockerfiles and run (marker `container`).
 
-Local substitutes stand in for what this machine cannot reach (shared/containers.md): a
+Local substitutes stand in for what this machine cannot reach (tests/containers.py): a
 debootstrap Python image for python:3.11-slim, pip's default index for the PyTorch CPU index
-(CUDA wheels that run on a CPU: a ~5 GB backend base), and the tests' weights origin on
-127.0.0.1 with its own catalog for torchvision's file host. The first run installs podman and
-builds the torch layers (many minutes); podman keeps the layers, so later runs take seconds.
+(CUDA wheels that run on a CPU: a ~5 GB bake stage, which the image does not keep), and the
+tests' weights origin on 127.0.0.1 with its own catalog for torchvision's file host. The first
+run installs podman and builds the torch layers (many minutes); podman keeps the layers, so
+later runs take seconds.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ FRONTEND_BASE = "localhost/baked-vision-frontend-base:test"
 FRONTEND = "localhost/baked-vision-frontend:test"
 BACKEND_BASE = "localhost/baked-vision-backend-base:test"
 BACKEND = "localhost/baked-vision-backend:test"
-# Where the test catalog lands inside the image: the base copies weights/ to /app/weights.
+# Where the test catalog lands in the bake stage, which copies weights/ to /build/weights.
 TEST_CATALOG = "weights/test-catalog.toml"
+# What the serving image must not hold: the bake stage's tools and the raw weights.
+BUILD_ONLY_PACKAGES = {"torch", "torchvision", "onnx", "onnxscript", "huggingface-hub",
+                       "safetensors", "triton"}  # fmt: skip
+BUILD_ONLY_MODULES = ("torch", "torchvision", "onnx", "onnxscript", "huggingface_hub", "weights")
 
 
 def remove_images(*references: str) -> None:
@@ -63,7 +68,8 @@ def frontend_images(python_image):
 def backend_context(tmp_path_factory, weights_origin) -> Path:
     """A build context like the repository's, plus a catalog naming the local weights origin."""
     context = containers.copy_context(
-        tmp_path_factory.mktemp("backend-context"), ["docker", "weights", "backend"]
+        tmp_path_factory.mktemp("backend-context"),
+        ["docker", "weights", "runtime", "bake", "backend"],
     )
     shutil.copy2(weights_origin.catalog_path, context / TEST_CATALOG)
     return context
@@ -80,7 +86,7 @@ def build_backend_base(
             "PYTHON_IMAGE": python_image,
             "TORCH_INDEX_URL": "",  # the CPU index is out of reach here: pip's default index
             "MODELS": models,
-            "WEIGHTS_CATALOG": f"/app/{TEST_CATALOG}",
+            "WEIGHTS_CATALOG": f"/build/{TEST_CATALOG}",
         },
     )
 
@@ -89,8 +95,7 @@ def build_backend_base(
 def backend_base(backend_context, python_image):
     _, seconds = build_backend_base(backend_context, python_image)
     print(
-        f"\nbackend base built in {seconds:.1f}s "
-        f"({containers.image_size_mb(BACKEND_BASE):.0f} MB, torch from pip's default index)"
+        f"\nbackend base built in {seconds:.1f}s ({containers.image_size_mb(BACKEND_BASE):.0f} MB)"
     )
     return BACKEND_BASE
 
@@ -197,36 +202,48 @@ def test_frontend_container_serves_its_page_without_network(frontend_images):
 # --- backend base ----------------------------------------------------------------------------
 
 
-def test_backend_base_bakes_verified_weights_and_runs_offline(backend_base):
+VERIFY_BUNDLES = """
+from pathlib import Path
+from runtime.bundle import Bundle, read_index
+index = read_index(Path("/opt/bundles"))
+for model_id in index.models:
+    Bundle.read(Path("/opt/bundles") / model_id, fix="-").verify(fix="-")
+    print(model_id, "ok")
+"""
+
+
+def test_backend_base_holds_verified_bundles_and_no_torch(backend_base):
     env = containers.run_in(backend_base, ["env"])
     settings = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
-    assert settings["HF_HUB_OFFLINE"] == "1"
-    assert settings["WEIGHTS_DIR"] == "/opt/weights"
-    assert settings["MODELS"] == "resnet18"
-    assert settings["WEIGHTS_CATALOG"] == f"/app/{TEST_CATALOG}"
-    # The service's own check, with no network at all.
-    verified = containers.run_in(
-        backend_base, ["python", "-m", "weights", "verify", "--dest", "/opt/weights"]
-    )
-    assert "resnet18: ok" in verified
-    versions = containers.run_in(
-        backend_base,
-        [
-            "python",
-            "-c",
-            "import torch, torchvision; print(torch.__version__, torchvision.__version__)",
-        ],
-    )
-    assert versions.split()[0].startswith("2.13.0") and versions.split()[1].startswith("0.28.0")
+    assert settings["BUNDLES_DIR"] == "/opt/bundles"
+    assert "PIP_CERT" not in settings and "MODELS" not in settings  # serves what it holds
+    # The bundles verify against their manifests, as the service's user, with no network.
+    assert "resnet18 ok" in containers.run_in(backend_base, ["python", "-c", VERIFY_BUNDLES])
+    listing = "import importlib.metadata as m; print('\\n'.join(d.name for d in m.distributions()))"
+    names = set(containers.run_in(backend_base, ["python", "-c", listing]).lower().split())
+    assert {"onnxruntime", "flask", "gunicorn", "numpy", "pillow"} <= names
+    assert "pip" not in names  # nothing installs at run time
+    leaked = [n for n in names if n in BUILD_ONLY_PACKAGES or n.startswith(("nvidia-", "cuda-"))]
+    assert not leaked, leaked
+    probe = "import importlib.util as u; print([m for m in %r if u.find_spec(m)])"
+    found = containers.run_in(backend_base, ["python", "-c", probe % (BUILD_ONLY_MODULES,)])
+    assert found.strip() == "[]"
     assert containers.run_in(backend_base, ["id", "-u"]).strip() == "10001"
-    # Nothing of the build's CA bundle (buildah leaves only an empty mount point) nor a pip
-    # download cache was left in a layer.
+    # Nothing else of the bake stage: no weights files, no build directory, no CA bundle (buildah
+    # leaves only an empty mount point), no pip download cache.
+    # (small .pth files are Python's path configuration, not weights)
+    weights_files = (
+        r"find / -xdev \( -name '*.pth' -o -name '*.safetensors' \) -size +1M -print -quit"
+    )
     clean = containers.podman(
-        "run", "--rm", "--network", "none", "--user", "0", backend_base,
-        "sh", "-c", f"test ! -s {containers.BUILD_CA} && test ! -e /root/.cache/pip && echo clean",
+        "run", "--rm", "--network", "none", "--user", "0", backend_base, "sh", "-c",
+        f"test ! -e /build && test ! -s {containers.BUILD_CA} && test ! -e /root/.cache/pip"
+        f' && test -z "$({weights_files})" && echo clean',
     ).stdout  # fmt: skip
     assert clean.strip() == "clean"
-    assert "PIP_CERT" not in settings
+    bundles_mb = float(containers.run_in(backend_base, ["du", "-sm", "/opt/bundles"]).split()[0])
+    size = containers.image_size_mb(backend_base)
+    print(f"\nbackend base: {size:.0f} MB, of which bundles {bundles_mb:.0f} MB")
 
 
 def test_new_model_set_reuses_the_dependency_layers(backend_base, backend_context, python_image):
@@ -242,14 +259,12 @@ def test_new_model_set_reuses_the_dependency_layers(backend_base, backend_contex
         )
         print(
             f"\nanother model set: {seconds:.1f}s, {shared} of {len(other_layers)} layers shared "
-            "(python, venv, torch, dependencies)"
+            "(python, venv, dependencies, runtime)"
         )
-        # Only the weights layer and what follows it differ: torch is not reinstalled.
+        # Only the bundles layer and what follows it differ: the dependencies are not reinstalled.
         assert len(other_layers) - shared <= 3
-        verified = containers.run_in(
-            other, ["python", "-m", "weights", "verify", "--dest", "/opt/weights"]
-        )
-        assert "mobilenet_v3_large: ok" in verified
+        verified = containers.run_in(other, ["python", "-c", VERIFY_BUNDLES])
+        assert "mobilenet_v3_large ok" in verified
         assert "resnet18" not in verified
     finally:
         remove_images(other)
@@ -284,9 +299,6 @@ def test_code_change_rebuilds_only_the_code_layers(backend_base, backend_context
 # --- backend container -----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not (ROOT / "backend" / "gunicorn_conf.py").exists(), reason="the backend is not written yet"
-)
 def test_backend_container_starts_and_serves_without_network(backend_base, backend_context):
     build_backend(backend_context)
     name = f"baked-vision-backend-{RUN_ID}"

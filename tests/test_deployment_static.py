@@ -66,6 +66,48 @@ def component_of(path: Path) -> str:
     return path.stem.removeprefix("cloudbuild_").split("_")[0]
 
 
+def requirement_names(name: str) -> set[str]:
+    """Give the package names pinned by docker/requirements-<name>.txt."""
+    return {
+        line.split("==")[0]
+        for line in (DOCKER / f"requirements-{name}.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def instructions(text: str) -> list[str]:
+    """Give a Dockerfile's instructions, one string each: continuations joined, no comments."""
+    joined, pending = [], ""
+    for line in text.splitlines():
+        # Docker drops comment lines, even inside a continuation.
+        if line.lstrip().startswith("#") or (not pending and not line.strip()):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        joined.append(pending + line)
+        pending = ""
+    return joined
+
+
+def stages(dockerfile: Path) -> list[tuple[str, list[str]]]:
+    """Give a Dockerfile's stages in order: (name, instructions from its FROM on)."""
+    found: list[tuple[str, list[str]]] = []
+    for instruction in instructions(dockerfile.read_text()):
+        start = re.match(r"FROM\s+\S+(?:\s+AS\s+(\w+))?\s*$", instruction, flags=re.IGNORECASE)
+        if start:
+            found.append((start.group(1) or "", []))
+        if found:
+            found[-1][1].append(instruction)
+    return found
+
+
+def docker_builds(script: str) -> list[str]:
+    """Give a step script's docker build commands in order, each on one line, single-spaced."""
+    commands = [" ".join(command.split()) for command in instructions(script)]
+    return [command for command in commands if command.startswith("docker build ")]
+
+
 # --- generated files -------------------------------------------------------------------------
 
 
@@ -87,16 +129,23 @@ def test_requirement_files_match_uv_lock():
         )
 
 
-def test_backend_requirements_leave_torch_and_the_gpu_runtime_to_the_torch_layer():
-    names = {
-        line.split("==")[0]
-        for line in (DOCKER / "requirements-backend.txt").read_text().splitlines()
-        if line and not line.startswith("#")
-    }
-    assert not names & {"torch", "torchvision", "triton"}
-    assert not [n for n in names if n.startswith(("nvidia-", "cuda-"))]
-    # torch's own dependencies come from the lock, since the CPU wheels install with --no-deps.
-    assert {"sympy", "networkx", "filelock", "fsspec", "jinja2", "numpy", "pillow"} <= names
+def test_requirements_leave_torch_to_the_torch_layer_and_serve_without_it():
+    def gpu(names: set[str]) -> set[str]:
+        return {n for n in names if n == "triton" or n.startswith(("nvidia-", "cuda-"))}
+
+    # The serving process: ONNX Runtime, no torch, no exporter, no download client.
+    backend = requirement_names("backend")
+    never_served = {"torch", "torchvision", "onnx", "onnxscript", "huggingface-hub", "safetensors"}
+    assert not backend & never_served
+    assert not gpu(backend)
+    assert {"onnxruntime", "flask", "gunicorn", "numpy", "pillow"} <= backend
+    # The bake stage: the exporter and its checker; torch's own dependencies come from the lock,
+    # since the CPU wheels install with --no-deps from requirements-torch.txt.
+    bake = requirement_names("bake")
+    assert not bake & {"torch", "torchvision"}
+    assert not gpu(bake)
+    assert {"sympy", "networkx", "filelock", "fsspec", "jinja2"} <= bake
+    assert {"onnx", "onnxscript", "onnxruntime"} <= bake
     torch = (DOCKER / "requirements-torch.txt").read_text()
     assert "torch==2.13.0" in torch
     assert "torchvision==0.28.0" in torch
@@ -199,20 +248,36 @@ def test_frontend_base_installs_no_torch():
     assert not re.search(r"^(torch|torchvision|nvidia-)", requirements, flags=re.MULTILINE)
 
 
-def test_backend_base_bakes_the_weights_last_and_serves_offline():
-    text = (DOCKER / "backend-base.Dockerfile").read_text()
-    runs = [i for i, line in enumerate(text.splitlines()) if line.startswith(("RUN", "COPY"))]
-    fetch_line = next(i for i, line in enumerate(text.splitlines()) if "weights fetch" in line)
-    torch_line = next(
-        i for i, line in enumerate(text.splitlines()) if "requirements-torch.txt" in line
-    )
-    assert torch_line < fetch_line
-    # After the fetch only the user is created: the weights are the last heavy layer.
-    later = [i for i in runs if i > fetch_line]
-    assert all("useradd" in text.splitlines()[i] for i in later)
-    for setting in ("HF_HUB_OFFLINE=1", "WEIGHTS_DIR=/opt/weights", "MODELS=${MODELS}"):
-        assert setting in text
-    assert '--models "${MODELS}" --dest /opt/weights' in text
+def test_backend_base_compiles_in_a_bake_stage_and_serves_only_bundles():
+    found = stages(DOCKER / "backend-base.Dockerfile")
+    assert [name for name, _ in found] == ["bake", "runtime"], "bake, then the image: runtime"
+    (_, bake), (_, runtime) = found
+
+    # bake: torch, then the weights, then the export of those weights into /opt/bundles.
+    def first(steps: list[str], needle: str) -> int:
+        return next(i for i, step in enumerate(steps) if needle in step)
+
+    torch_install = first(bake, "-r /tmp/requirements-torch.txt")
+    fetch = first(bake, "python -m weights fetch")
+    export = first(bake, "python -m bake ")
+    assert bake[torch_install].startswith("RUN ") and "pip install" in bake[torch_install]
+    assert torch_install < fetch < export
+    assert "--dest /opt/bundles" in bake[export]
+
+    # runtime: a fresh Python image, not the bake stage, and nothing of torch or the weights.
+    assert re.match(r"FROM \$\{PYTHON_IMAGE\} AS runtime$", runtime[0])
+    text = "\n".join(runtime)
+    for never in ("torch", "requirements-bake", "weights fetch", "WEIGHTS_DIR", "HF_HUB_OFFLINE"):
+        assert never not in text, never
+    # Every bundle is served unless a deploy sets MODELS: the image does not choose.
+    assert not re.search(r"\bMODELS\b", text)
+    copies_from = [step for step in runtime if re.match(r"COPY\s+--from=", step)]
+    assert copies_from == ["COPY --from=bake /opt/bundles /opt/bundles"]
+    assert re.search(r"^ENV\b.*\bBUNDLES_DIR=/opt/bundles(\s|$)", text, flags=re.MULTILINE)
+    # After the bundles only the user is created: the bundles are the last heavy layer.
+    bundles = runtime.index(copies_from[0])
+    later = [step for step in runtime[bundles + 1 :] if step.startswith(("RUN", "COPY", "ADD"))]
+    assert all("useradd" in step for step in later), later
 
 
 @pytest.mark.parametrize("component", ["backend", "frontend"])
@@ -229,15 +294,21 @@ def test_base_builds_with_or_without_buildkit_and_an_optional_pip_ca(component):
 
 def test_backend_base_declares_each_arg_just_before_its_first_use():
     """Every RUN after an ARG is cached by its value: a new model set must not rebuild torch."""
-    lines = (DOCKER / "backend-base.Dockerfile").read_text().splitlines()
+    weights_args = ("MODELS", "WEIGHTS_MIRROR", "HF_ENDPOINT", "WEIGHTS_CATALOG")
+    found = dict(stages(DOCKER / "backend-base.Dockerfile"))
+    bake = found["bake"]
 
     def first(pattern: str) -> int:
-        return next(i for i, line in enumerate(lines) if re.match(pattern, line))
+        return next(i for i, step in enumerate(bake) if re.match(pattern, step))
 
-    torch_install = first(r"RUN .*PIP_CERT")
-    for weights_arg in ("MODELS", "WEIGHTS_MIRROR", "HF_ENDPOINT", "WEIGHTS_CATALOG"):
+    torch_install = first(r"RUN .*pip install .*-r /tmp/requirements-torch\.txt")
+    for weights_arg in weights_args:
         assert first(rf"ARG {weights_arg}\b") > torch_install, weights_arg
     assert first(r"ARG TORCH_INDEX_URL\b") < torch_install
+    # An ARG is per stage: the runtime stage declares none of these, so neither a new model
+    # set nor a new torch index reinstalls the serving dependencies.
+    runtime_args = {m.group(1) for s in found["runtime"] if (m := re.match(r"ARG\s+(\w+)", s))}
+    assert not runtime_args & {*weights_args, "TORCH_INDEX_URL"}, runtime_args
 
 
 def test_dockerignore_sends_only_what_the_dockerfiles_copy():
@@ -250,7 +321,18 @@ def test_dockerignore_sends_only_what_the_dockerfiles_copy():
     included = [p[1:] for p in patterns if p.startswith("!")]
     sources = set()
     for dockerfile in DOCKERFILES:
-        sources |= set(re.findall(r"^COPY\s+(\S+)", dockerfile.read_text(), flags=re.MULTILINE))
+        for instruction in instructions(dockerfile.read_text()):
+            words = instruction.split()
+            if words[0].upper() not in {"COPY", "ADD"}:
+                continue
+            assert not words[1].startswith("["), f"{dockerfile.name}: parse the JSON form too"
+            flags = [w for w in words[1:] if w.startswith("--")]
+            if any(flag.startswith("--from=") for flag in flags):
+                continue  # from a stage or an image, not from the build context
+            # COPY [--flag...] SOURCE... DEST: every word but the flags and the last is a source.
+            sources |= set(words[1 + len(flags) : -1])
+    # The parser sees each source of a COPY with several.
+    assert {"runtime/__init__.py", "runtime/selection.py", "backend/"} <= sources
     for source in sources:
         assert any(
             source == inc or source.startswith(inc) or Path(source).match(inc) for inc in included
@@ -262,7 +344,7 @@ def test_dockerignore_sends_only_what_the_dockerfiles_copy():
 def test_gcloudignore_uploads_what_the_build_reads():
     lines = (ROOT / ".gcloudignore").read_text().splitlines()
     assert "/*" in lines, "an allowlist: exclude everything, then include"
-    for needed in ("backend", "frontend", "weights", "docker", "deployment"):
+    for needed in ("backend", "frontend", "weights", "runtime", "bake", "docker", "deployment"):
         assert f"!/{needed}/" in lines
     assert "__pycache__/" in lines
 
@@ -324,28 +406,85 @@ def test_base_is_reused_by_content_and_layers(path):
     steps = build["steps"]
     by_id = steps_by_id(build)
     image = path.stem.removeprefix("cloudbuild_")
-    # The first step pulls the previous base and tolerates its absence on a first build.
+    registry = "${_REGISTRY}/${PROJECT_ID}/${_REPOSITORY}"
+    component = component_of(path)
+    # The base Dockerfile's stages before its last: an image holds only its final stage's
+    # layers, so each of these is cached as an image of its own, <image>_<stage>:latest.
+    earlier = [name for name, _ in stages(DOCKER / f"{component}-base.Dockerfile")][:-1]
+    assert earlier == (["bake"] if component == "backend" else [])
+
+    # The first step pulls the previous base, and tolerates its absence on a first build. The
+    # earlier stages' images are not pulled there: a build that finds its base needs none.
+    pull = steps[0]["script"]
     assert steps[0]["id"] == "pull-previous-base"
-    assert f"/{image}_base:latest" in steps[0]["script"]
-    assert steps[0]["script"].rstrip().endswith("|| exit 0")
+    assert f"/{image}_base:latest" in pull
+    assert pull.rstrip().endswith("|| exit 0")
+    assert not any(f"_{stage}:latest" in pull for stage in earlier)
     # The base is looked up by the hash of its inputs and only built when absent.
     hash_script = by_id["hash-base-inputs"]["script"]
-    component = component_of(path)
     for needed in (f"docker/{component}-base.Dockerfile", f"docker/requirements-{component}.txt"):
         assert needed in hash_script
     if component == "backend":
-        assert re.search(r"^\s*weights \\$", hash_script, flags=re.MULTILINE)
-        assert "docker/requirements-torch.txt" in hash_script
+        for needed in ("weights", "runtime", "bake"):
+            assert re.search(rf"^\s*{needed} \\$", hash_script, flags=re.MULTILINE), needed
+        for needed in ("docker/requirements-torch.txt", "docker/requirements-bake.txt"):
+            assert needed in hash_script
     assert "gcloud artifacts docker images describe" in by_id["look-up-base"]["script"]
     build_base = by_id["build-base"]["script"]
     assert re.search(r"if \[\[ -f .cloudbuild/base_found \]\]; then\s+docker pull", build_base)
-    # When it is built, it reuses the previous base's layers with or without BuildKit.
-    assert '--cache-from "${base}:latest"' in build_base
-    assert "--build-arg BUILDKIT_INLINE_CACHE=1" in build_base
+    # When it is built, each earlier stage is built first, on its own, from its previous image,
+    # with the base's own build arguments, then the base from all these caches, with or without
+    # BuildKit.
+    builds = docker_builds(build_base)
+    assert len(builds) == len(earlier) + 1
+    otherwise = re.search(r"^(\s*)else\n(.*?)^\1fi$", build_base, flags=re.MULTILINE | re.DOTALL)
+    assert otherwise and docker_builds(otherwise.group(2)) == builds, "built only when not found"
+    # Only then is each earlier stage's previous image pulled (tolerantly: none on a first
+    # build), before anything is built from it.
+    when_built = otherwise.group(2)
+    for stage in earlier:
+        stage_pull = re.search(
+            rf'^\s*docker pull "\$\{{{stage}\}}:latest" \|\| echo .*$', when_built, re.MULTILINE
+        )
+        assert stage_pull, f"pull {image}_{stage}:latest tolerantly before building the base"
+        assert stage_pull.start() < when_built.index("docker build")
+    *stage_builds, final = builds
+
+    def build_arg_flags(command: str) -> list[str]:
+        return re.findall(r'--build-arg "\w+=\$\{_\w+\}"', command)
+
+    for stage, command in zip(earlier, stage_builds, strict=True):
+        assert f'{stage}="{registry}/{image}_{stage}"' in build_base
+        assert f"--target {stage} " in command
+        assert f'--cache-from "${{{stage}}}:latest"' in command
+        assert "--build-arg BUILDKIT_INLINE_CACHE=1" in command
+        assert command.endswith(f'--tag "${{{stage}}}:latest" .')
+        assert build_arg_flags(command) == build_arg_flags(final)
+    assert "--target" not in final, "the base is the Dockerfile's last stage"
+    for cache in [*(f"${{{stage}}}" for stage in earlier), "${base}"]:
+        assert f'--cache-from "{cache}:latest"' in final
+    assert "--build-arg BUILDKIT_INLINE_CACHE=1" in final
+    assert final.endswith('--tag "${base}:${tag}" .')
     assert "DOCKER_BUILDKIT" not in str(by_id["build-base"]), "no builder is required"
+    # All three tags of the base are pushed; a stage only when it was built here, not when the
+    # base found was only pulled.
     push = by_id["push-base"]["script"]
     for tag in ("$(cat .cloudbuild/base_tag)", "${BUILD_ID}", "latest"):
         assert f'docker push "${{base}}:{tag}"' in push
+    for stage in earlier:
+        assert f'{stage}="{registry}/{image}_{stage}"' in push
+        assert re.search(
+            r"^(\s*)if \[\[ ! -f \.cloudbuild/base_found \]\]; then\n"
+            rf'(\1  docker push "\$\{{\w+\}}:latest"\n)*'
+            rf'\1  docker push "\$\{{{stage}\}}:latest"\n'
+            rf'(\1  docker push "\$\{{\w+\}}:latest"\n)*'
+            r"\1fi$",
+            push,
+            flags=re.MULTILINE,
+        ), f"push {image}_{stage}:latest only when built"
+        assert push.count(f'"${{{stage}}}:latest"') == 1
+    if not earlier:
+        assert "_bake" not in path.read_text()
 
 
 @pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
