@@ -2,7 +2,8 @@
 
 Prints tables, writes benchmarks/out/results.json and benchmarks/out/chart.png. Weights are
 random values in the real architectures (real sizes, real compute), generated once into
-.local/bench-weights. See benchmarks/RESULTS.md for the committed figures.
+.local/bench-weights and compiled by the real bake step into .local/bench-bundles (both kept
+between runs). See benchmarks/RESULTS.md for the committed figures.
 """
 
 from __future__ import annotations
@@ -11,42 +12,93 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from benchmarks import coldstart, containers, report, serving
-from benchmarks.harness import ROOT, bench_weights, drop_page_cache
+from benchmarks.harness import (
+    ROOT,
+    bench_bundles,
+    bench_weights,
+    drop_page_cache,
+    graphs,
+    model_files_mib,
+)
+from runtime.bundle import Bundle
 from weights.catalog import load_catalog
 
+# Session settings against the defaults (runtime/settings.py), one change at a time.
 KNOBS = {
     "default": {},
-    "torch_threads=1": {"TORCH_THREADS": "1"},
+    "optimization=extended": {"ORT_OPTIMIZATION": "extended"},
+    "memory_arena=on": {"ORT_MEMORY_ARENA": "1"},
+    "prepacking=off": {"ORT_PREPACKING": "0"},
+    "spinning=off": {"ORT_SPINNING": "0"},
     "inference_concurrency=2": {"INFERENCE_CONCURRENCY": "2"},
-    "inference_concurrency=2,torch_threads=1": {
-        "INFERENCE_CONCURRENCY": "2",
-        "TORCH_THREADS": "1",
-    },
-    "channels_last": {"CHANNELS_LAST": "1"},
-    "gunicorn_threads=2": {"GUNICORN_THREADS": "2"},
+    "inference_concurrency=2,threads=1": {"INFERENCE_CONCURRENCY": "2", "INFERENCE_THREADS": "1"},
+    "inference_concurrency=8 (every request thread)": {"INFERENCE_CONCURRENCY": "8"},
 }
+PARTS = "export,coldstart,serving,knobs,allocator,containers"
+
+
+def _export(bundles_dir: Path, ids: list[str]) -> dict:
+    """What the bake step recorded for each bundle: export and verification."""
+    out = {}
+    for model_id in ids:
+        manifest = Bundle.read(bundles_dir / model_id, fix="-").manifest
+        out[model_id] = {
+            "export_s": manifest.export_seconds,
+            "verify_s": manifest.verification["seconds"],
+            "worst_probability_difference": manifest.verification["worst_probability_difference"],
+            "model_files_mb": sum(a.size for n, a in manifest.artifacts.items() if "onnx" in n)
+            / 1e6,
+        }
+    return out
+
+
+def _allocator(bundles_dir: Path, sets: dict[str, list[str]]) -> dict:
+    """Our session settings in a bare process, with glibc's default allocator and with ours."""
+    out: dict = {}
+    for name, ids in sets.items():
+        paths = [str(p) for p in graphs(bundles_dir, ids).values()]
+        files_mib = model_files_mib(bundles_dir, ids)
+        script = str(ROOT / "benchmarks" / "floor_ort.py")
+        for variant, flags in (
+            ("glibc_default", []),
+            ("fixed_threshold", ["--fixed-mmap-threshold"]),
+        ):
+            done = subprocess.run(
+                [sys.executable, script, "--ours", *flags, *paths],
+                cwd=ROOT, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            memory = json.loads(done.stdout.strip().splitlines()[-1])["memory_mb"]
+            out.setdefault(name, {})[variant] = {
+                **memory,
+                "rss_over_files_mib": memory["VmRSS"] - files_mib,
+            }
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small models, one run: a smoke test")
     parser.add_argument("--runs", type=int, default=3, help="cold starts per variant (median)")
-    parser.add_argument(
-        "--only", default="coldstart,serving,knobs,containers", help="comma-separated parts"
-    )
+    parser.add_argument("--only", default=PARTS, help="comma-separated parts")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument(
         "--weights-dir",
         type=Path,
         default=ROOT / ".local" / "bench-weights",
         help="where the generated weights are kept between runs",
+    )
+    parser.add_argument(
+        "--bundles-dir",
+        type=Path,
+        default=ROOT / ".local" / "bench-bundles",
+        help="where their bundles are kept between runs",
     )
     args = parser.parse_args()
     parts = set(args.only.split(","))
@@ -55,16 +107,23 @@ def main() -> int:
     serve_model = "resnet152"
     # requests for latency, client counts and seconds per throughput point
     load = {"n": 30, "clients": (1, 2, 4, 8), "seconds": 12.0}
+    knob_load = {"n": 20, "clients": (1, 4), "seconds": 10.0}
     if args.quick:
         sets, serve_model, args.runs = {"resnet18": ["resnet18"]}, "resnet18", 1
         load = {"n": 5, "clients": (1, 2), "seconds": 2.0}
+        knob_load = {"n": 3, "clients": (1,), "seconds": 1.0}
     all_ids = list(dict.fromkeys(i for ids in sets.values() for i in ids))
     weights_dir = bench_weights(all_ids, args.weights_dir)
+    bundles_dir = bench_bundles(all_ids, weights_dir, args.bundles_dir)
+    import onnxruntime
+    import torch
+
     results: dict = {
         "machine": {
             "cpus": len(os.sched_getaffinity(0)),
             "platform": platform.platform(),
             "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
     }
@@ -75,38 +134,56 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if "export" in parts:
+            results["export"] = _export(bundles_dir, all_ids)
+            report.print_export(results["export"])
+            save()
         if "coldstart" in parts:
             results["coldstart"] = {}
             for name, ids in sets.items():
-                results["coldstart"][name] = {
-                    "warm_cache": coldstart.run(weights_dir, ids, args.runs, cold_cache=False)
+                runs = {
+                    "warm_cache": coldstart.run(weights_dir, bundles_dir, ids, args.runs, False)
                 }
                 if drop_page_cache():
-                    results["coldstart"][name]["cold_cache"] = coldstart.run(
-                        weights_dir, ids, args.runs, cold_cache=True
+                    runs["cold_cache"] = coldstart.run(
+                        weights_dir, bundles_dir, ids, args.runs, True
                     )
-                report.print_coldstart(name, results["coldstart"][name])
+                results["coldstart"][name] = runs
+                report.print_coldstart(name, runs)
                 save()
         if "serving" in parts:
             results["serving"] = {
-                "bare": {serve_model: serving.bare(weights_dir, serve_model, load["n"])},
-                "backend": serving.backend_run(weights_dir, [serve_model], work, **load),
+                "bare_torch": {
+                    serve_model: serving.bare("torch", weights_dir, serve_model, load["n"])
+                },
+                "bare_ort": {serve_model: serving.bare("ort", bundles_dir, serve_model, load["n"])},
+                "backend": serving.backend_run(bundles_dir, [serve_model], work, **load),
             }
             big = sets.get("v2")
             if big:
-                results["serving"]["memory_v2"] = serving.backend_run(
-                    weights_dir, big, work, n=5, clients=(), seconds=0
+                results["serving"]["v2"] = serving.backend_run(
+                    bundles_dir, big, work, n=10, clients=(), seconds=0
                 )
             report.print_serving(results["serving"], serve_model)
             save()
         if "knobs" in parts:
             results["knobs"] = {}
             for name, env in KNOBS.items():
-                run = serving.backend_run(
-                    weights_dir, [serve_model], work, env=env, n=20, clients=(1, 4), seconds=10
-                )
-                results["knobs"][name] = run["models"][serve_model]
-            report.print_knobs(results["knobs"])
+                run = {
+                    serve_model: serving.backend_run(
+                        bundles_dir, [serve_model], work, env=env, **knob_load
+                    )
+                }
+                if "v2" in sets:
+                    run["v2"] = serving.backend_run(
+                        bundles_dir, sets["v2"], work, env=env, n=5, clients=(), seconds=0
+                    )
+                results["knobs"][name] = run
+                save()
+            report.print_knobs(results["knobs"], serve_model)
+        if "allocator" in parts:
+            results["allocator"] = _allocator(bundles_dir, sets)
+            report.print_allocator(results["allocator"])
             save()
         if "containers" in parts:
             results["containers"] = containers.run(sets, args.runs, work)

@@ -1,12 +1,14 @@
-"""Cold start: launch to first successful prediction, three ways, broken into phases.
+"""Cold start: launch to first successful prediction, four ways, broken into phases.
 
-(a) baked   our backend: weights on disk, verified, loaded, warmed up (gunicorn)
-(b) download the assignment's way: weights downloaded at start (from 127.0.0.1)
-(c) floor   a bare process: import torch+torchvision, read, build, one forward pass
+(a) baked       our backend: bundles on disk, verified, opened in ONNX Runtime, warmed up
+(b) download    the assignment's way: torch, weights downloaded at start (from 127.0.0.1)
+(c) torch floor a bare process: import torch+torchvision, read, build, one forward pass
+(d) ort floor   a bare process: import onnxruntime, open the session(s), one forward pass
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ from benchmarks.harness import (
     architecture,
     drop_page_cache,
     first_prediction,
+    graphs,
     gunicorn,
     launch,
     log_time,
@@ -27,12 +30,14 @@ from benchmarks.harness import (
     weight_files,
 )
 
+VARIANTS = ("baked", "download", "torch_floor", "ort_floor")
 
-def baked(weights_dir: Path, ids: list[str], work: Path, extra_env: dict | None = None) -> dict:
+
+def baked(bundles_dir: Path, ids: list[str], work: Path, extra_env: dict | None = None) -> dict:
     target = launch(
         gunicorn(),
         {
-            "WEIGHTS_DIR": str(weights_dir),
+            "BUNDLES_DIR": str(bundles_dir),
             "MODELS": ",".join(ids),
             "ALLOW_UNTRAINED_WEIGHTS": "1",
             **(extra_env or {}),
@@ -45,15 +50,16 @@ def baked(weights_dir: Path, ids: list[str], work: Path, extra_env: dict | None 
     finally:
         target.stop()
     loading = next(e for e in events if e.get("event") == "loading")
-    ready = next(e for e in events if e.get("event") == "ready")
     verified = next(e for e in events if e.get("event") == "verified")
-    phases = {"import": log_time(loading) - target.launched_at}
+    ready = next(e for e in events if e.get("event") == "ready")
     loaded = [e["timings_ms"] for e in events if e.get("event") == "model_loaded"]
-    # All files are hashed side by side first ("verified"); each load then only checks.
-    phases["verify"] = verified["verify_ms"] / 1000 + sum(t["verify"] for t in loaded) / 1000
-    for key in ("read", "build", "warm_up"):
-        phases[key] = sum(t[key] for t in loaded) / 1000
-    phases["first_request"] = done - log_time(ready)
+    phases = {
+        "import": log_time(loading) - target.launched_at,  # python, gunicorn, flask, ort
+        "verify": verified["verify_ms"] / 1000,  # every bundle's sha256, side by side
+        "open": sum(t["open"] for t in loaded) / 1000,
+        "warm_up": sum(t["warm_up"] for t in loaded) / 1000,  # the reference-image check
+        "first_request": done - log_time(ready),
+    }
     return {"total": done - target.launched_at, "phases": phases}
 
 
@@ -82,20 +88,21 @@ def download(weights_dir: Path, ids: list[str], work: Path) -> dict:
     return {"total": done - target.launched_at, "phases": phases}
 
 
-def floor(weights_dir: Path, ids: list[str]) -> dict:
-    files = weight_files(weights_dir, ids)
-    args = [f"{architecture(i)}={files[i]}" for i in ids]
+def _marks(script: str, args: list[str]) -> tuple[float, dict]:
     launched = time.time()
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "floor.py"), *args],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     )
-    import json
+    return launched, json.loads(out.stdout.strip().splitlines()[-1])
 
-    marks = json.loads(out.stdout.strip().splitlines()[-1])
+
+def torch_floor(weights_dir: Path, ids: list[str]) -> dict:
+    files = weight_files(weights_dir, ids)
+    launched, marks = _marks("floor.py", [f"{architecture(i)}={files[i]}" for i in ids])
     phases = {
         "import": marks["imported"] - launched,
         "read": marks["read_s"],
@@ -105,21 +112,33 @@ def floor(weights_dir: Path, ids: list[str]) -> dict:
     return {"total": marks["done"] - launched, "phases": phases}
 
 
-def run(weights_dir: Path, ids: list[str], runs: int, cold_cache: bool) -> dict:
+def ort_floor(bundles_dir: Path, ids: list[str]) -> dict:
+    launched, marks = _marks("floor_ort.py", [str(p) for p in graphs(bundles_dir, ids).values()])
+    phases = {
+        "import": marks["imported"] - launched,
+        "open": marks["open_s"],
+        "forward": marks["forward_s"],
+    }
+    return {"total": marks["done"] - launched, "phases": phases}
+
+
+def run(weights_dir: Path, bundles_dir: Path, ids: list[str], runs: int, cold_cache: bool) -> dict:
     """Median of `runs` starts of each variant, interleaved so drift hits all alike."""
-    samples: dict[str, list[dict]] = {"baked": [], "download": [], "floor": []}
+    samples: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for _ in range(runs):
-            for name in samples:
+            for name in VARIANTS:
                 if cold_cache and not drop_page_cache():
                     raise PermissionError("cannot drop the page cache (needs root)")
                 if name == "baked":
-                    samples[name].append(baked(weights_dir, ids, work))
+                    samples[name].append(baked(bundles_dir, ids, work))
                 elif name == "download":
                     samples[name].append(download(weights_dir, ids, work))
+                elif name == "torch_floor":
+                    samples[name].append(torch_floor(weights_dir, ids))
                 else:
-                    samples[name].append(floor(weights_dir, ids))
+                    samples[name].append(ort_floor(bundles_dir, ids))
     result = {}
     for name, runs_of in samples.items():
         phases = {k: median([r["phases"][k] for r in runs_of]) for k in runs_of[0]["phases"]}

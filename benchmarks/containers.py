@@ -1,18 +1,19 @@
-"""Cold start as containers: `podman run` to the first successful prediction.
+"""Images and cold starts as containers: build times, sizes, `podman run` to the first answer.
 
 Images are built from the project's Dockerfiles with the same local stand-ins as the
 container tests (tests/containers.py): a debootstrap Python image, torch from pip's default
 index, and generated weights of the real architectures served from 127.0.0.1 through a
-catalog that points there. The three variants all run the same base image:
+catalog that points there. Three cold starts, each from `podman run`:
 
-(a) baked     the backend code image as Cloud Run runs it (weights in the image)
-(b) download  the assignment's behaviour: the base image's Python running
-              benchmarks/assignment_app.py, downloading the weights at start from 127.0.0.1
-(c) floor     benchmarks/floor.py inside the image: import, read, build, one forward
+(a) baked        the backend code image as Cloud Run runs it, to its first 200 /predict
+(b) ort floor    benchmarks/floor_ort.py in the same image: import, open, one forward, exit
+(c) torch floor  benchmarks/floor.py in the bake stage's image (the serving image has no
+                 torch): import torch+torchvision, read, build, one forward, exit
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -31,6 +32,7 @@ from tests import containers
 from weights.demo import write_untrained
 
 BENCH_CATALOG = "weights/bench-catalog.toml"
+PARTS = ["docker", "weights", "runtime", "bake", "backend"]
 
 
 def _origin(ids: list[str], work: Path) -> tuple[FileServer, dict[str, str]]:
@@ -60,33 +62,43 @@ def _catalog(urls: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _images(name: str, ids: list[str], urls: dict[str, str], work: Path) -> tuple[str, dict]:
-    context = containers.copy_context(work / f"context-{name}", ["docker", "weights", "backend"])
+def _size_mb(image: str, path: str) -> float:
+    return float(containers.run_in(image, ["du", "-sm", path]).split()[0])
+
+
+def _images(name: str, ids: list[str], urls: dict[str, str], work: Path) -> tuple[dict, dict]:
+    context = containers.copy_context(work / f"context-{name}", PARTS)
     (context / BENCH_CATALOG).write_text(_catalog(urls))
-    base, code = f"localhost/baked-vision-bench-base:{name}", f"localhost/baked-vision-bench:{name}"
-    _, base_s = containers.build(
-        "docker/backend-base.Dockerfile",
-        base,
-        context=context,
-        build_args={
-            "PYTHON_IMAGE": containers.ensure_python_base(),
-            "TORCH_INDEX_URL": "",
-            "MODELS": ",".join(ids),
-            "WEIGHTS_CATALOG": f"/app/{BENCH_CATALOG}",
-        },
-    )
-    _, code_s = containers.build(
-        "docker/backend.Dockerfile", code, context=context, build_args={"BASE_IMAGE_URI": base}
-    )
-    return code, {
-        "base_build_s": base_s,
-        "code_build_s": code_s,
-        "image_mb": containers.image_size_mb(code),
+    tags = {
+        "bake": f"localhost/baked-vision-bench-bake:{name}",
+        "base": f"localhost/baked-vision-bench-base:{name}",
+        "code": f"localhost/baked-vision-bench:{name}",
     }
-
-
-def _first_200(url: str, model: str, started: float) -> float:
-    return poll_prediction(url, test_image(), model) - started
+    args = {
+        "PYTHON_IMAGE": containers.ensure_python_base(),
+        "TORCH_INDEX_URL": "",
+        "MODELS": ",".join(ids),
+        "WEIGHTS_CATALOG": f"/build/{BENCH_CATALOG}",
+    }
+    base_file = "docker/backend-base.Dockerfile"
+    _, bake_s = containers.build(base_file, tags["bake"], context=context, build_args=args,
+                                 target="bake")  # fmt: skip
+    _, base_s = containers.build(base_file, tags["base"], context=context, build_args=args)
+    _, code_s = containers.build(
+        "docker/backend.Dockerfile", tags["code"], context=context,
+        build_args={"BASE_IMAGE_URI": tags["base"]},
+    )  # fmt: skip
+    image_mb = containers.image_size_mb(tags["code"])
+    bundles_mb = _size_mb(tags["code"], "/opt/bundles")
+    return tags, {
+        "bake_stage_build_s": bake_s,  # fetch + export + verify (torch layers cached or not)
+        "runtime_stage_build_s": base_s,  # the serving stage, the bake stage from cache
+        "code_build_s": code_s,
+        "image_mb": image_mb,
+        "bundles_mb": bundles_mb,
+        "image_without_models_mb": image_mb - bundles_mb,
+        "bake_image_mb": containers.image_size_mb(tags["bake"]),
+    }
 
 
 def _run_baked(image: str, ids: list[str]) -> float:
@@ -98,49 +110,36 @@ def _run_baked(image: str, ids: list[str]) -> float:
         "-e", "ALLOW_UNTRAINED_WEIGHTS=1", image,
     )  # fmt: skip
     try:
-        return _first_200(f"http://127.0.0.1:{port}", ids[0], started)
+        return poll_prediction(f"http://127.0.0.1:{port}", test_image(), ids[0]) - started
     finally:
         containers.podman("rm", "--force", name, check=False)
 
 
-def _run_download(image: str, ids: list[str], urls: dict[str, str]) -> float:
-    port = free_port()
-    spec = ",".join(f"{architecture(i)}={urls[i]}" for i in ids)
-    started = time.time()
-    name = f"bench-download-{port}"
-    # The host's network: the container reaches the file server on 127.0.0.1.
-    containers.podman(
-        "run", "-d", "--name", name, "--network", "host",
-        "-v", f"{ROOT / 'benchmarks'}:/app/benchmarks:ro", "-e", f"BENCH_MODELS={spec}",
-        "-e", f"PORT={port}", image,
-        "gunicorn", "--config", "python:backend.gunicorn_conf", "benchmarks.assignment_app:app",
-    )  # fmt: skip
-    try:
-        return _first_200(f"http://127.0.0.1:{port}", architecture(ids[0]), started)
-    finally:
-        containers.podman("rm", "--force", name, check=False)
-
-
-def _run_floor(image: str, ids: list[str]) -> float:
-    listing = containers.run_in(
-        image, ["python", "-c", "import json;print(open('/opt/weights/weights.lock').read())"]
-    )
-    import json
-
-    lock = json.loads(listing)["models"]
-    args = [f"{architecture(i)}=/opt/weights/{lock[i]['file']}" for i in ids]
+def _timed_run(image: str, command: list[str]) -> float:
     started = time.time()
     subprocess.run(
         [shutil.which("podman") or "podman", "run", "--rm", "--network", "none",
-         "-v", f"{ROOT / 'benchmarks'}:/app/benchmarks:ro", image,
-         "python", "/app/benchmarks/floor.py", *args],
+         "-v", f"{ROOT / 'benchmarks'}:/bench:ro", image, *command],
         check=True, capture_output=True, env=containers.environment(),
     )  # fmt: skip
     return time.time() - started
 
 
+def _run_ort_floor(image: str, ids: list[str]) -> float:
+    graphs = [f"/opt/bundles/{i}/model.onnx" for i in ids]
+    return _timed_run(image, ["python", "/bench/floor_ort.py", *graphs])
+
+
+def _run_torch_floor(bake_image: str, ids: list[str]) -> float:
+    lock = json.loads(containers.run_in(bake_image, ["cat", "/build/weights-files/weights.lock"]))[
+        "models"
+    ]
+    files = [f"{architecture(i)}=/build/weights-files/{lock[i]['file']}" for i in ids]
+    return _timed_run(bake_image, ["python", "/bench/floor.py", *files])
+
+
 def run(sets: dict[str, list[str]], runs: int, work: Path) -> dict:
-    """Median seconds from `podman run` to the first prediction, per set and variant."""
+    """Build figures, and the median seconds from `podman run` to the answer, per set."""
     try:
         containers.ensure_tools()
     except containers.ContainerToolsUnavailable as exc:
@@ -149,14 +148,14 @@ def run(sets: dict[str, list[str]], runs: int, work: Path) -> dict:
     for name, ids in sets.items():
         server, urls = _origin(ids, work / name)
         try:
-            image, build = _images(name, ids, urls, work)
-            samples: dict[str, list[float]] = {"baked": [], "download": [], "floor": []}
-            for _ in range(runs):
-                samples["baked"].append(_run_baked(image, ids))
-                samples["download"].append(_run_download(image, ids, urls))
-                samples["floor"].append(_run_floor(image, ids))
+            tags, build = _images(name, ids, urls, work)
         finally:
             server.close()
+        samples: dict[str, list[float]] = {"baked": [], "ort_floor": [], "torch_floor": []}
+        for _ in range(runs):
+            samples["baked"].append(_run_baked(tags["code"], ids))
+            samples["ort_floor"].append(_run_ort_floor(tags["base"], ids))
+            samples["torch_floor"].append(_run_torch_floor(tags["bake"], ids))
         result[name] = {
             **build,
             **{

@@ -1,4 +1,4 @@
-"""What the benchmarks share: weights to serve, processes to launch, logs to read."""
+"""What the benchmarks share: weights and bundles to serve, processes to launch, logs to read."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bake.pipeline import bake  # noqa: E402
+from runtime.bundle import GRAPH, GRAPH_DATA, read_index  # noqa: E402
 from weights.catalog import load_catalog  # noqa: E402
 from weights.demo import bake_untrained  # noqa: E402
 from weights.lock import read_lock  # noqa: E402
@@ -42,9 +44,27 @@ def bench_weights(ids: list[str], directory: Path) -> Path:
     return directory
 
 
+def bench_bundles(ids: list[str], weights_dir: Path, directory: Path) -> Path:
+    """Those weights compiled by the real bake step (kept between runs while unchanged)."""
+    bake(ids, weights_dir, directory, catalog=load_catalog(), say=print)
+    return directory
+
+
 def weight_files(directory: Path, ids: list[str]) -> dict[str, Path]:
     lock = read_lock(directory)
     return {i: directory / lock[i].file for i in ids}
+
+
+def graphs(bundles_dir: Path, ids: list[str]) -> dict[str, Path]:
+    """Each model's ONNX graph in a bundles directory."""
+    read_index(bundles_dir)  # a bundles directory, or a clear error
+    return {i: bundles_dir / i / GRAPH for i in ids}
+
+
+def model_files_mib(bundles_dir: Path, ids: list[str]) -> float:
+    """What the served model files weigh (graph + weights data), MiB."""
+    files = [bundles_dir / i / name for i in ids for name in (GRAPH, GRAPH_DATA)]
+    return sum(f.stat().st_size for f in files) / 2**20
 
 
 def architecture(model_id: str) -> str:

@@ -19,8 +19,23 @@ def table(header: list[str], rows: list[list]) -> str:
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
     return str(value)
+
+
+def print_export(result: dict) -> None:
+    print("\nbake: export and verification per model (seconds, from the manifests)")
+    rows = [
+        [
+            m,
+            v["export_s"],
+            v["verify_s"],
+            f"{v['worst_probability_difference']:.1e}",
+            v["model_files_mb"],
+        ]
+        for m, v in result.items()
+    ]
+    print(table(["model", "export s", "verify s", "worst |dp|", "MB"], rows))
 
 
 def print_coldstart(name: str, result: dict) -> None:
@@ -32,15 +47,27 @@ def print_coldstart(name: str, result: dict) -> None:
             for variant, v in variants.items()
         ]
         print(table(["variant", "total", *phases], rows))
-        floor = variants["floor"]["total_s"]
+        floor = variants["torch_floor"]["total_s"]
+        baked = variants["baked"]["total_s"]
         print(
-            f"baked/floor = {variants['baked']['total_s'] / floor:.2f}   "
-            f"download/baked = {variants['download']['total_s'] / variants['baked']['total_s']:.2f}"
+            f"baked/torch floor = {baked / floor:.2f}   "
+            f"baked/ort floor = {baked / variants['ort_floor']['total_s']:.2f}   "
+            f"download/baked = {variants['download']['total_s'] / baked:.2f}"
         )
 
 
+def _memory_line(label: str, run: dict) -> str:
+    memory = run["memory_mb"]
+    return (
+        f"{label}: worker RSS {memory['VmRSS']:.0f} MiB after the first prediction "
+        f"(anon {memory.get('RssAnon', 0):.0f}, file {memory.get('RssFile', 0):.0f}) for "
+        f"{run['model_files_mib']:.0f} MiB of model files: {run['rss_over_files_mib']:.0f} MiB "
+        f"over them; {run['rss_over_files_end_mib']:.0f} MiB after the whole run"
+    )
+
+
 def print_serving(result: dict, model: str) -> None:
-    bare = result["bare"][model]
+    torch_bare, ort_bare = result["bare_torch"][model], result["bare_ort"][model]
     served = result["backend"]["models"][model]
     lat = served["latency"]
     print(f"\nserving {model}: /predict latency (ms) against bare decode+preprocess+forward")
@@ -48,40 +75,66 @@ def print_serving(result: dict, model: str) -> None:
         table(
             ["", "p50", "p95", "p99"],
             [
-                ["bare", bare["p50_ms"], bare["p95_ms"], ""],
+                ["bare torch eager", torch_bare["p50_ms"], torch_bare["p95_ms"], ""],
+                ["bare onnxruntime", ort_bare["p50_ms"], ort_bare["p95_ms"], ""],
                 ["/predict", lat["p50_ms"], lat["p95_ms"], lat["p99_ms"]],
             ],
         )
     )
-    print(f"p50 ratio /predict / bare = {lat['p50_ms'] / bare['p50_ms']:.2f}")
-    print(f"\nthroughput (requests/s); bare sequential = {bare['throughput_rps']:.2f}")
-    rows = [
-        [t["clients"], t["rps"], t["rps"] / bare["throughput_rps"], t["errors"]]
-        for t in served["throughput"]
-    ]
-    print(table(["clients", "rps", "x bare", "errors"], rows))
-    for key in ("backend", "memory_v2"):
-        if key in result:
-            mem = result[key]
-            print(
-                f"\nmemory ({key}): RSS {mem['memory_mb']['VmRSS']:.0f} MB "
-                f"(anon {mem['memory_mb'].get('RssAnon', 0):.0f}, file "
-                f"{mem['memory_mb'].get('RssFile', 0):.0f}) for {mem['weights_mb']:.0f} MB of "
-                f"weights: ratio {mem['memory_mb']['VmRSS'] / mem['weights_mb']:.2f}"
-            )
+    print(
+        f"p50 /predict / bare torch = {lat['p50_ms'] / torch_bare['p50_ms']:.2f}   "
+        f"/ bare onnxruntime = {lat['p50_ms'] / ort_bare['p50_ms']:.2f}"
+    )
+    base = torch_bare["throughput_rps"]
+    print(f"\nthroughput (requests/s); bare torch sequential = {base:.2f}")
+    rows = [[t["clients"], t["rps"], t["rps"] / base, t["errors"]] for t in served["throughput"]]
+    print(table(["clients", "rps", "x bare torch", "errors"], rows))
+    print()
+    print(_memory_line(model, result["backend"]))
+    if "v2" in result:
+        print(_memory_line("v2", result["v2"]))
+        print(f"v2 start (launch to first 200): {result['v2']['start_s']:.2f} s")
 
 
-def print_knobs(result: dict) -> None:
-    print("\nserving knobs (one model): p50 ms, requests/s at 1 and 4 clients")
+def print_knobs(result: dict, model: str) -> None:
+    print(f"\nsession settings ({model}: p50 ms, requests/s; v2: start, p50 per model, memory)")
     rows = []
-    for name, run in result.items():
-        tp = {t["clients"]: t for t in run["throughput"]}
-        rows.append([name, run["latency"]["p50_ms"], tp[1]["rps"], tp[4]["rps"], tp[4]["errors"]])
-    print(table(["configuration", "p50", "rps@1", "rps@4", "errors@4"], rows))
+    for name, runs in result.items():
+        one = runs[model]
+        tp = {t["clients"]: t for t in one["models"][model]["throughput"]}
+        row = [
+            name,
+            one["models"][model]["latency"]["p50_ms"],
+            tp.get(1, {}).get("rps", ""),
+            tp.get(4, {}).get("rps", ""),
+            one["rss_over_files_mib"],
+        ]
+        if "v2" in runs:
+            v2 = runs["v2"]
+            row += [
+                v2["start_s"],
+                "/".join(f"{m['latency']['p50_ms']:.0f}" for m in v2["models"].values()),
+                v2["rss_over_files_mib"],
+                v2["rss_over_files_end_mib"],
+            ]
+        rows.append(row)
+    header = ["setting", "p50", "rps@1", "rps@4", "MiB over files"]
+    if rows and len(rows[0]) > len(header):
+        header += ["v2 start s", "v2 p50s", "v2 MiB over", "v2 MiB over (end)"]
+    print(table(header, rows))
+
+
+def print_allocator(result: dict) -> None:
+    print("\nallocator: bare process, our session settings (MiB of RSS over the model files)")
+    rows = [
+        [name, v["glibc_default"]["rss_over_files_mib"], v["fixed_threshold"]["rss_over_files_mib"]]
+        for name, v in result.items()
+    ]
+    print(table(["set", "glibc default", "fixed 128 KiB threshold"], rows))
 
 
 def print_containers(result: dict) -> None:
-    print("\ncontainers: `podman run` to the first prediction (seconds, median)")
+    print("\ncontainers: `podman run` to the answer (seconds, median), builds and sizes")
     rows = []
     for name, v in result.items():
         if "skipped" in v:
@@ -91,29 +144,18 @@ def print_containers(result: dict) -> None:
             [
                 name,
                 v["baked"]["total_s"],
-                v["download"]["total_s"],
-                v["floor"]["total_s"],
-                v["baked"]["total_s"] / v["floor"]["total_s"],
+                v["ort_floor"]["total_s"],
+                v["torch_floor"]["total_s"],
+                v["baked"]["total_s"] / v["torch_floor"]["total_s"],
                 v["image_mb"],
-                v["base_build_s"],
+                v["image_without_models_mb"],
+                v["bake_stage_build_s"],
                 v["code_build_s"],
             ]
         )
-    print(
-        table(
-            [
-                "set",
-                "baked",
-                "download",
-                "floor",
-                "baked/floor",
-                "image MB",
-                "base build s",
-                "code build s",
-            ],
-            rows,
-        )
-    )
+    header = ["set", "baked", "ort floor", "torch floor", "baked/torch", "image MB",
+              "without models MB", "bake stage s", "code image s"]  # fmt: skip
+    print(table(header, rows))
 
 
 def chart(results: dict, path: Path, model: str) -> None:
@@ -125,13 +167,13 @@ def chart(results: dict, path: Path, model: str) -> None:
     panels = [k for k in ("coldstart", "serving") if k in results]
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         if panel == "coldstart":
             names, bottoms = [], []
             for set_name, caches in results["coldstart"].items():
                 for variant, v in caches["warm_cache"].items():
-                    names.append(f"{set_name}\n{variant}")
+                    names.append(f"{set_name}\n{variant.replace('_', ' ')}")
                     bottoms.append(v["phases_s"])
             phases = sorted({p for b in bottoms for p in b})
             base = [0.0] * len(names)
@@ -145,15 +187,19 @@ def chart(results: dict, path: Path, model: str) -> None:
             ax.tick_params(axis="x", labelsize=7)
         else:
             served = results["serving"]["backend"]["models"][model]
-            bare = results["serving"]["bare"][model]["throughput_rps"]
             clients = [t["clients"] for t in served["throughput"]]
             ax.plot(clients, [t["rps"] for t in served["throughput"]], "o-", label="/predict")
-            ax.axhline(bare, color="grey", linestyle="--", label="bare sequential")
+            for key, style, label in (
+                ("bare_torch", "--", "bare torch eager, sequential"),
+                ("bare_ort", ":", "bare onnxruntime, sequential"),
+            ):
+                ax.axhline(results["serving"][key][model]["throughput_rps"], color="grey",
+                           linestyle=style, label=label)  # fmt: skip
             ax.set_ylim(bottom=0)
             ax.set_xlabel("concurrent clients")
             ax.set_ylabel("requests per second")
             ax.set_title(f"throughput, {model}")
-            ax.legend()
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,10 +1,15 @@
-"""Serving: /predict latency and throughput against the bare model, and memory."""
+"""Serving: /predict latency and throughput against the bare models, and memory.
+
+The bare baselines each run in a fresh process, like the backend's worker (the harness's own
+threads and children must not slow them down), on the same 640x480 JPEG:
+- torch: decode + torchvision's transforms + eager forward (torch threads = CPUs);
+- ort: decode + the runtime's preprocessing + an ONNX Runtime session with default options.
+"""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -12,7 +17,6 @@ import time
 from pathlib import Path
 
 import requests
-import torch
 from PIL import Image
 
 from benchmarks.harness import (
@@ -21,22 +25,17 @@ from benchmarks.harness import (
     gunicorn,
     launch,
     median,
+    model_files_mib,
     percentile,
     rss_mb,
     test_image,
-    weight_files,
 )
-from weights.store import WeightsStore
 
 
-def bare(weights_dir: Path, model_id: str, n: int) -> dict:
-    """Decode + preprocess + forward of the same image, no HTTP, in a fresh process.
-
-    A process of its own, like the backend's worker: the harness's own threads and
-    children must not slow the baseline down.
-    """
+def bare(kind: str, source_dir: Path, model_id: str, n: int) -> dict:
+    """`kind` "torch" (a weights directory) or "ort" (a bundles directory), in a fresh process."""
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.serving", str(weights_dir), model_id, str(n)],
+        [sys.executable, "-m", "benchmarks.serving", kind, str(source_dir), model_id, str(n)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -45,17 +44,48 @@ def bare(weights_dir: Path, model_id: str, n: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _bare_in_process(weights_dir: Path, model_id: str, n: int) -> dict:
+def _bare_torch(weights_dir: Path, model_id: str):
+    import os
+
+    import torch
+
+    from weights.store import WeightsStore
+
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    loaded = WeightsStore(weights_dir).load(model_id, allow_untrained=True)
-    transforms = loaded.entry.transforms()
+    store = WeightsStore(weights_dir)
+    module = store.load(model_id, allow_untrained=True)
+    transforms = store.fetched(model_id).catalog_entry().transforms()
+
+    def forward(image: Image.Image) -> None:
+        with torch.inference_mode():
+            module(transforms(image).unsqueeze(0))
+
+    return forward
+
+
+def _bare_ort(bundles_dir: Path, model_id: str):
+    import onnxruntime as ort
+
+    from runtime.bundle import Bundle
+
+    bundle = Bundle.read(bundles_dir / model_id, fix="-")
+    session = ort.InferenceSession(str(bundle.graph), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    preprocessing = bundle.manifest.preprocessing
+
+    def forward(image: Image.Image) -> None:
+        session.run(None, {name: preprocessing.batch([image])})
+
+    return forward
+
+
+def _bare_in_process(kind: str, source_dir: Path, model_id: str, n: int) -> dict:
+    forward = (_bare_torch if kind == "torch" else _bare_ort)(source_dir, model_id)
     data = test_image()
 
     def once() -> float:
         start = time.perf_counter()
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-        with torch.inference_mode():
-            loaded.module(transforms(image).unsqueeze(0))
+        forward(Image.open(io.BytesIO(data)).convert("RGB"))
         return time.perf_counter() - start
 
     for _ in range(3):
@@ -127,7 +157,7 @@ def throughput(url: str, model: str, clients: int, seconds: float) -> dict:
 
 
 def backend_run(
-    weights_dir: Path,
+    bundles_dir: Path,
     ids: list[str],
     work: Path,
     *,
@@ -136,11 +166,15 @@ def backend_run(
     clients: tuple[int, ...] = (1, 2, 4, 8),
     seconds: float = 12.0,
 ) -> dict:
-    """Start the backend with `env`, then measure memory, latency and throughput."""
+    """Start the backend with `env`; measure start, memory, latency and throughput.
+
+    Memory is the worker's after its first prediction (what the targets name), and again at
+    the end, after every measurement (what an instance settles at).
+    """
     target = launch(
         gunicorn(),
         {
-            "WEIGHTS_DIR": str(weights_dir),
+            "BUNDLES_DIR": str(bundles_dir),
             "MODELS": ",".join(ids),
             "ALLOW_UNTRAINED_WEIGHTS": "1",
             **(env or {}),
@@ -148,19 +182,29 @@ def backend_run(
         work / "serving.log",
     )
     try:
-        first_prediction(target, test_image(), ids[0])
+        ready_at = first_prediction(target, test_image(), ids[0])
+        files_mib = model_files_mib(bundles_dir, ids)
         memory = rss_mb(target.worker_pid())
-        files_mb = sum(p.stat().st_size for p in weight_files(weights_dir, ids).values()) / 2**20
-        result = {"memory_mb": memory, "weights_mb": files_mb, "models": {}}
+        result = {
+            "start_s": ready_at - target.launched_at,
+            "memory_mb": memory,
+            "model_files_mib": files_mib,
+            "rss_over_files_mib": memory["VmRSS"] - files_mib,
+            "models": {},
+        }
         for model_id in ids:
             result["models"][model_id] = {
                 "latency": latency(target.url, model_id, n),
                 "throughput": [throughput(target.url, model_id, c, seconds) for c in clients],
             }
+        end = rss_mb(target.worker_pid())
+        result["memory_end_mb"] = end
+        result["rss_over_files_end_mib"] = end["VmRSS"] - files_mib
         return result
     finally:
         target.stop()
 
 
 if __name__ == "__main__":
-    print(json.dumps(_bare_in_process(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))))
+    kind, directory, model, count = sys.argv[1:5]
+    print(json.dumps(_bare_in_process(kind, Path(directory), model, int(count))))

@@ -15,18 +15,31 @@ pytestmark = pytest.mark.slow
 
 def test_quick_benchmark_measures_every_variant_and_writes_results(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "coldstart,serving",
-         "--out", str(tmp_path / "out"), "--weights-dir", str(tmp_path / "weights")],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "benchmarks", "--quick",
+         "--only", "export,coldstart,serving,knobs,allocator",
+         "--out", str(tmp_path / "out"), "--weights-dir", str(tmp_path / "weights"),
+         "--bundles-dir", str(tmp_path / "bundles")],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "baked/floor =" in result.stdout and "p50 ratio /predict / bare =" in result.stdout
+    assert "baked/torch floor =" in result.stdout
+    assert (
+        "p50 /predict / bare torch =" in result.stdout and "/ bare onnxruntime =" in result.stdout
+    )
     results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["export"]["resnet18"]["export_s"] > 0
     warm = results["coldstart"]["resnet18"]["warm_cache"]
-    assert set(warm) == {"baked", "download", "floor"}
+    assert set(warm) == {"baked", "download", "torch_floor", "ort_floor"}
     assert all(v["total_s"] > 0 for v in warm.values())
-    assert warm["baked"]["phases_s"]["verify"] > 0
-    served = results["serving"]["backend"]["models"]["resnet18"]
+    assert warm["baked"]["phases_s"]["verify"] > 0 and warm["baked"]["phases_s"]["open"] > 0
+    serving = results["serving"]
+    served = serving["backend"]["models"]["resnet18"]
     assert served["latency"]["p50_ms"] > 0
     assert all(t["errors"] == 0 and t["ok"] > 0 for t in served["throughput"])
+    assert serving["bare_torch"]["resnet18"]["p50_ms"] > 0
+    assert serving["bare_ort"]["resnet18"]["p50_ms"] > 0
+    assert serving["backend"]["model_files_mib"] > 40  # resnet18's 45 MB of weights
+    assert set(results["knobs"]) >= {"default", "memory_arena=on", "prepacking=off"}
+    allocator = results["allocator"]["resnet18"]
+    assert {"glibc_default", "fixed_threshold"} <= set(allocator)
     assert (tmp_path / "out" / "chart.png").stat().st_size > 10_000
