@@ -191,7 +191,7 @@ def test_gunicorns_master_never_imports_onnxruntime():
 
 
 # Points of a start, as the log shows them: SIGTERM right after each must end it cleanly.
-START_EVENTS = ["Booting worker", '"event": "loading"', '"event": "verified"',
+START_EVENTS = ["Booting worker", '"event": "loading"', '"event": "bundle_verified"',
                 '"event": "model_loaded"', '"event": "ready"']  # fmt: skip
 
 

@@ -353,6 +353,21 @@ def test_load_makes_no_network_call(baked_dir, monkeypatch):
     assert type(loaded).__name__ == "MobileNetV3"
 
 
+def test_demo_weights_answer_like_a_model_not_with_one_certain_class():
+    """A check of probabilities against demo weights means something only if they spread."""
+    from bake.probes import probe_images
+
+    module = get_model("resnet18", weights=None)
+    module.load_state_dict(untrained_state_dict("resnet18", seed=1))
+    transforms = load_catalog().entry("resnet18").transforms()
+    with torch.inference_mode():
+        batch = torch.stack([transforms(image) for image in probe_images()])
+        probabilities = module.eval()(batch).softmax(dim=1)
+    best = probabilities.max(dim=1)
+    assert (best.values < 0.9).float().mean() >= 0.7, best.values  # most images: no certainty
+    assert len(set(best.indices.tolist())) >= 2  # the answer depends on the image
+
+
 def test_untrained_demo_weights_are_refused_unless_allowed(tmp_path):
     catalog = load_catalog()
     [record] = bake_untrained(["resnet18"], tmp_path, catalog=catalog)

@@ -7,9 +7,11 @@ torchvision names its own ("<stem>-<sha256 prefix>.pth"), and a lock written by
 
 A plain random initialisation answers every image with one class at probability 1.0 (deep
 residual networks multiply their activations into the 1e8s), which would make every check of
-probabilities pass trivially. So the BatchNorm statistics are measured on noise images and the
-classifier is scaled to give logits of a fixed spread: answers differ from image to image and
-probabilities spread over many classes, as a trained model's do (they are still meaningless).
+probabilities pass trivially. So the BatchNorm statistics are measured on smooth random scenes
+(white noise has other statistics than pictures: a ResNet-152 calibrated on it still saturates
+on images) and the classifier is scaled to give logits of a fixed spread: answers differ from
+image to image and probabilities spread over many classes, as a trained model's do (they are
+still meaningless).
 """
 
 from __future__ import annotations
@@ -25,14 +27,21 @@ from torchvision.models import get_model
 from weights.catalog import Catalog, CatalogEntry
 from weights.lock import FetchedFile, read_lock, sha256_of, write_lock
 
-LOGIT_SPREAD = 3.0  # standard deviation of the demo models' logits on noise images
+LOGIT_SPREAD = 3.0  # standard deviation of the demo models' logits on the calibration scenes
+
+
+def _scenes(count: int, generator: torch.Generator) -> torch.Tensor:
+    """Smooth random pictures, already normalised: the statistics a model meets in use."""
+    coarse = torch.randn(count, 3, 7, 7, generator=generator)
+    smooth = torch.nn.functional.interpolate(coarse, size=224, mode="bicubic", align_corners=False)
+    return smooth + 0.3 * torch.randn(count, 3, 224, 224, generator=generator)
 
 
 def untrained_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """A random state dict of torchvision's `architecture` with spread answers (reproducible)."""
     torch.manual_seed(seed)
     module = get_model(architecture, weights=None)
-    noise = torch.Generator().manual_seed(seed)
+    scenes = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         norms = [
             m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
@@ -43,9 +52,9 @@ def untrained_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Te
                 norm.momentum = None  # a plain average over the calibration batches
             module.train()
             for _ in range(2):
-                module(torch.randn(4, 3, 224, 224, generator=noise))
+                module(_scenes(4, scenes))
         module.eval()
-        logits = module(torch.randn(4, 3, 224, 224, generator=noise))
+        logits = module(_scenes(8, scenes))
         classifier = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
         scale = LOGIT_SPREAD / max(float(logits.std()), 1e-12)
         classifier.weight.mul_(scale)
