@@ -35,13 +35,17 @@ KNOBS = {
     "default": {},
     "optimization=extended": {"ORT_OPTIMIZATION": "extended"},
     "memory_arena=on": {"ORT_MEMORY_ARENA": "1"},
-    "prepacking=off": {"ORT_PREPACKING": "0"},
+    "prepacking=on": {"ORT_PREPACKING": "1"},
+    "memory_arena=on,prepacking=on (onnxruntime's own)": {
+        "ORT_MEMORY_ARENA": "1",
+        "ORT_PREPACKING": "1",
+    },
     "spinning=off": {"ORT_SPINNING": "0"},
     "inference_concurrency=2": {"INFERENCE_CONCURRENCY": "2"},
     "inference_concurrency=2,threads=1": {"INFERENCE_CONCURRENCY": "2", "INFERENCE_THREADS": "1"},
     "inference_concurrency=8 (every request thread)": {"INFERENCE_CONCURRENCY": "8"},
 }
-PARTS = "export,coldstart,serving,knobs,allocator,containers"
+PARTS = "export,coldstart,serving,knobs,allocator,layout,containers"
 
 
 def _export(bundles_dir: Path, ids: list[str]) -> dict:
@@ -79,6 +83,28 @@ def _allocator(bundles_dir: Path, sets: dict[str, list[str]]) -> dict:
                 **memory,
                 "rss_over_files_mib": memory["VmRSS"] - files_mib,
             }
+    return out
+
+
+def _layout(bundles_dir: Path, sets: dict[str, list[str]], work: Path) -> dict:
+    """Our graphs opened at "all" against graphs saved after the layout transforms."""
+    script = str(ROOT / "benchmarks" / "layout.py")
+    out: dict = {}
+    for name, ids in sets.items():
+        ours = [str(p) for p in graphs(bundles_dir, ids).values()]
+        saved = [str(work / f"{i}.layout.onnx") for i in ids]
+        for graph, target in zip(ours, saved, strict=True):
+            if not Path(target).exists():
+                subprocess.run([sys.executable, script, "make", graph, target], check=True)
+        files_mib = model_files_mib(bundles_dir, ids)
+        for kind, paths in (("ours", ours), ("saved", saved)):
+            done = subprocess.run(
+                [sys.executable, script, "run", kind, *paths],
+                cwd=ROOT, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            figures["rss_over_files_mib"] = figures["memory_mb"]["VmRSS"] - files_mib
+            out.setdefault(name, {})[kind] = figures
     return out
 
 
@@ -184,6 +210,10 @@ def main() -> int:
         if "allocator" in parts:
             results["allocator"] = _allocator(bundles_dir, sets)
             report.print_allocator(results["allocator"])
+            save()
+        if "layout" in parts:
+            results["layout"] = _layout(bundles_dir, sets, work)
+            report.print_layout(results["layout"])
             save()
         if "containers" in parts:
             results["containers"] = containers.run(sets, args.runs, work)

@@ -133,6 +133,22 @@ def print_allocator(result: dict) -> None:
     print(table(["set", "glibc default", "fixed 128 KiB threshold"], rows))
 
 
+def print_layout(result: dict) -> None:
+    print("\nlayout made at start (ours) against saved at build time (not taken: CPU-specific)")
+    rows = [
+        [
+            name,
+            kind,
+            v["open_s"],
+            "/".join(f"{p:.0f}" for p in v["p50_ms"]),
+            v["rss_over_files_mib"],
+        ]
+        for name, kinds in result.items()
+        for kind, v in kinds.items()
+    ]
+    print(table(["set", "graph", "open s", "p50 ms", "MiB over files"], rows))
+
+
 def print_containers(result: dict) -> None:
     print("\ncontainers: `podman run` to the answer (seconds, median), builds and sizes")
     rows = []

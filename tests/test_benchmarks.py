@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_quick_benchmark_measures_every_variant_and_writes_results(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick",
-         "--only", "export,coldstart,serving,knobs,allocator",
+         "--only", "export,coldstart,serving,knobs,allocator,layout",
          "--out", str(tmp_path / "out"), "--weights-dir", str(tmp_path / "weights"),
          "--bundles-dir", str(tmp_path / "bundles")],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
@@ -31,7 +31,8 @@ def test_quick_benchmark_measures_every_variant_and_writes_results(tmp_path):
     warm = results["coldstart"]["resnet18"]["warm_cache"]
     assert set(warm) == {"baked", "download", "torch_floor", "ort_floor"}
     assert all(v["total_s"] > 0 for v in warm.values())
-    assert warm["baked"]["phases_s"]["verify"] > 0 and warm["baked"]["phases_s"]["open"] > 0
+    assert warm["baked"]["phases_s"]["load"] > 0
+    assert warm["baked"]["load_work_s"]["verify_total"] > 0
     serving = results["serving"]
     served = serving["backend"]["models"]["resnet18"]
     assert served["latency"]["p50_ms"] > 0
@@ -39,7 +40,9 @@ def test_quick_benchmark_measures_every_variant_and_writes_results(tmp_path):
     assert serving["bare_torch"]["resnet18"]["p50_ms"] > 0
     assert serving["bare_ort"]["resnet18"]["p50_ms"] > 0
     assert serving["backend"]["model_files_mib"] > 40  # resnet18's 45 MB of weights
-    assert set(results["knobs"]) >= {"default", "memory_arena=on", "prepacking=off"}
+    assert set(results["knobs"]) >= {"default", "memory_arena=on", "prepacking=on"}
     allocator = results["allocator"]["resnet18"]
     assert {"glibc_default", "fixed_threshold"} <= set(allocator)
+    layout = results["layout"]["resnet18"]
+    assert layout["ours"]["open_s"] > 0 and layout["saved"]["p50_ms"][0] > 0
     assert (tmp_path / "out" / "chart.png").stat().st_size > 10_000
