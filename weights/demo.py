@@ -7,11 +7,10 @@ torchvision names its own ("<stem>-<sha256 prefix>.pth"), and a lock written by
 
 A plain random initialisation answers every image with one class at probability 1.0 (deep
 residual networks multiply their activations into the 1e8s), which would make every check of
-probabilities pass trivially. So the BatchNorm statistics are measured on smooth random scenes
-(white noise has other statistics than pictures: a ResNet-152 calibrated on it still saturates
-on images) and the classifier is scaled to give logits of a fixed spread: answers differ from
-image to image and probabilities spread over many classes, as a trained model's do (they are
-still meaningless).
+probabilities pass trivially. So the BatchNorm statistics are measured on random scenes, from flat
+to busy (white noise, or too narrow a set, leaves a ResNet-152 saturated or ill-conditioned on
+pictures), and the classifier is scaled to give logits of a fixed spread: answers differ from
+image to image and no class is certain, as with a trained model (they are still meaningless).
 """
 
 from __future__ import annotations
@@ -30,18 +29,24 @@ from weights.lock import FetchedFile, read_lock, sha256_of, write_lock
 LOGIT_SPREAD = 3.0  # standard deviation of the demo models' logits on the calibration scenes
 
 
-def _scenes(count: int, generator: torch.Generator) -> torch.Tensor:
+# Calibration scenes: (coarseness, grain) from flat colour fields to busy textures. Measured
+# on too narrow a set, BatchNorm statistics leave a deep network's logits in the thousands on
+# other pictures, where float32 rounding alone moves probabilities by 1e-4.
+_CALIBRATION = ((2, 0.05), (7, 0.3), (28, 0.6), (7, 0.1))
+
+
+def _scenes(count: int, generator: torch.Generator, coarse: int, grain: float) -> torch.Tensor:
     """Smooth random pictures, already normalised: the statistics a model meets in use."""
-    coarse = torch.randn(count, 3, 7, 7, generator=generator)
-    smooth = torch.nn.functional.interpolate(coarse, size=224, mode="bicubic", align_corners=False)
-    return smooth + 0.3 * torch.randn(count, 3, 224, 224, generator=generator)
+    low = torch.randn(count, 3, coarse, coarse, generator=generator)
+    smooth = torch.nn.functional.interpolate(low, size=224, mode="bicubic", align_corners=False)
+    return smooth + grain * torch.randn(count, 3, 224, 224, generator=generator)
 
 
 def untrained_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """A random state dict of torchvision's `architecture` with spread answers (reproducible)."""
     torch.manual_seed(seed)
     module = get_model(architecture, weights=None)
-    scenes = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         norms = [
             m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
@@ -51,10 +56,11 @@ def untrained_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Te
                 norm.reset_running_stats()
                 norm.momentum = None  # a plain average over the calibration batches
             module.train()
-            for _ in range(2):
-                module(_scenes(4, scenes))
+            for coarse, grain in _CALIBRATION:
+                module(_scenes(6, generator, coarse, grain))
         module.eval()
-        logits = module(_scenes(8, scenes))
+        check = torch.cat([_scenes(3, generator, c, g) for c, g in _CALIBRATION])
+        logits = module(check)
         classifier = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
         scale = LOGIT_SPREAD / max(float(logits.std()), 1e-12)
         classifier.weight.mul_(scale)
