@@ -68,9 +68,9 @@ ARG HF_ENDPOINT=""
 # Optional catalog file, a path inside the image (e.g. /build/weights/<file> of the context).
 ARG WEIGHTS_CATALOG=""
 
-# The weights package and the two runtime modules its catalog uses, not the whole runtime: a
+# The weights package and the three small runtime modules it uses, not the whole runtime: a
 # change to the serving code must not download the weights again.
-COPY runtime/__init__.py runtime/preprocess.py runtime/selection.py /build/runtime/
+COPY runtime/__init__.py runtime/files.py runtime/preprocess.py runtime/selection.py /build/runtime/
 COPY weights/ /build/weights/
 # Empty mirror/endpoint/catalog arguments mean "not set": unset them so nothing reads "".
 RUN if [ -z "${WEIGHTS_MIRROR}" ]; then unset WEIGHTS_MIRROR; fi; \

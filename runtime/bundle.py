@@ -17,7 +17,6 @@ each field and why the format is what it is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.files import sha256_of, size_problem
 from runtime.preprocess import Preprocessing
 from runtime.selection import select
 
@@ -35,7 +35,6 @@ MANIFEST = "manifest.json"
 GRAPH = "model.onnx"
 GRAPH_DATA = "model.onnx.data"
 REFERENCE_IMAGE = "reference.png"
-_CHUNK = 1 << 20
 
 
 class BundleError(RuntimeError):
@@ -121,17 +120,6 @@ class Manifest:
         return cls(**data)
 
 
-def sha256_of(path: Path, should_stop: Callable[[], bool] | None = None) -> str | None:
-    """The file's sha256 (hex), read in chunks; None if `should_stop()` turned true meanwhile."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            if should_stop is not None and should_stop():
-                return None
-    return digest.hexdigest()
-
-
 @dataclass
 class Bundle:
     """A bundle directory and its manifest."""
@@ -172,15 +160,9 @@ class Bundle:
         """Cheap checks, no hashing: every file of the manifest present with its size."""
         for name, artifact in self.manifest.artifacts.items():
             path = self.directory / name
-            if not path.is_file():
+            if problem := size_problem(path, artifact.size):
                 raise BundleError(
-                    f"bundle file {path} of model {self.id!r} is missing. Rebuild it: {fix}"
-                )
-            size = path.stat().st_size
-            if size != artifact.size:
-                raise BundleError(
-                    f"bundle file {path} of model {self.id!r} is {size:,} bytes, its manifest "
-                    f"says {artifact.size:,}: it is truncated or replaced. Rebuild it: {fix}"
+                    f"bundle file {path} of model {self.id!r} is {problem}. Rebuild it: {fix}"
                 )
 
     def verify(

@@ -28,8 +28,8 @@ from runtime.bundle import (
     REFERENCE_IMAGE,
     Bundle,
     BundleIndex,
-    sha256_of,
 )
+from runtime.files import sha256_of
 from runtime.session import ModelSession
 from runtime.settings import SessionSettings
 from weights.lock import read_lock

@@ -15,11 +15,12 @@ import pytest
 import torch
 from torchvision.models import get_model, get_weight
 
+from runtime.files import sha256_of
 from tests.origin import HUB_FILE, HUB_REPO, HUB_REVISION, Route
 from weights.catalog import CatalogError, load_catalog
 from weights.demo import bake_untrained, untrained_state_dict
 from weights.fetch import FetchError, fetch
-from weights.lock import LOCK_NAME, read_lock, sha256_of, write_lock
+from weights.lock import LOCK_NAME, read_lock, write_lock
 from weights.store import WeightsError, WeightsStore
 
 ROOT = Path(__file__).resolve().parents[1]

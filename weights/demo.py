@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from torchvision.models import get_model
 
+from runtime.files import sha256_of
 from weights.catalog import Catalog, CatalogEntry
-from weights.lock import FetchedFile, read_lock, sha256_of, write_lock
+from weights.lock import FetchedFile, read_lock, write_lock
 
 LOGIT_SPREAD = 3.0  # standard deviation of the demo models' logits on the calibration scenes
 

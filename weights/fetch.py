@@ -21,8 +21,9 @@ from urllib.parse import urlsplit
 import requests
 from tqdm import tqdm
 
+from runtime.files import sha256_of
 from weights.catalog import Catalog, CatalogEntry
-from weights.lock import FetchedFile, read_lock, sha256_of, write_lock
+from weights.lock import FetchedFile, read_lock, write_lock
 
 MIRROR_ENV = "WEIGHTS_MIRROR"
 HUB_ENDPOINT_ENV = "HF_ENDPOINT"

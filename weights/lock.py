@@ -7,7 +7,6 @@ a weights directory describes itself even if the code's catalog later changes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -19,7 +18,6 @@ from weights.catalog import CatalogEntry
 
 LOCK_NAME = "weights.lock"
 LOCK_FORMAT = 1
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -36,12 +34,6 @@ class FetchedFile:
 
     def catalog_entry(self) -> CatalogEntry:
         return CatalogEntry.from_dict(self.id, dict(self.entry))
-
-
-def sha256_of(path: Path) -> str:
-    """The file's full sha256, hex."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_lock(directory: Path) -> dict[str, FetchedFile]:

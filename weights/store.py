@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torchvision.models import get_model
 
+from runtime.files import sha256_of, size_problem
 from weights.catalog import CatalogEntry, CatalogError
-from weights.lock import LOCK_NAME, FetchedFile, read_lock, sha256_of
+from weights.lock import LOCK_NAME, FetchedFile, read_lock
 
 
 class WeightsError(RuntimeError):
@@ -83,16 +84,10 @@ class WeightsStore:
                 f"torchvision ({exc}); fetch it again with: {self.fetch_hint(model_id)}"
             ) from exc
         path = self.directory / fetched.file
-        if not path.is_file():
+        if problem := size_problem(path, fetched.size):
             raise WeightsError(
-                f"weights file {fetched.file} for model {model_id!r} is missing from "
-                f"{self.directory}. Recreate it with: {self.fetch_hint(model_id)}"
-            )
-        size = path.stat().st_size
-        if size != fetched.size:
-            raise WeightsError(
-                f"weights file {path} is {size} bytes, the lock says {fetched.size}: "
-                f"it is truncated or replaced. Recreate it with: {self.fetch_hint(model_id)}"
+                f"weights file {path} for model {model_id!r} is {problem}. "
+                f"Recreate it with: {self.fetch_hint(model_id)}"
             )
         return fetched, entry
 

@@ -1,0 +1,31 @@
+"""Checking files against the size and sha256 something recorded for them (standard library only).
+
+Shared by the fetch step (weights.lock), the bake step and the backend (runtime.bundle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+def size_problem(path: Path, size: int) -> str | None:
+    """What is wrong with a file that should be `size` bytes ("missing", "N bytes..."), or None."""
+    if not path.is_file():
+        return "missing"
+    actual = path.stat().st_size
+    return None if actual == size else f"{actual:,} bytes, not {size:,}: truncated or replaced"
+
+
+def sha256_of(path: Path, should_stop: Callable[[], bool] | None = None) -> str | None:
+    """The file's sha256 (hex), read a megabyte at a time; None if `should_stop()` turned true."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            if should_stop is not None and should_stop():
+                return None
+    return digest.hexdigest()
