@@ -63,7 +63,8 @@ def _catalog(urls: dict[str, str]) -> str:
 
 
 def _size_mb(image: str, path: str) -> float:
-    return float(containers.run_in(image, ["du", "-sm", path]).split()[0])
+    """MB (1e6 bytes, as podman counts image sizes) under `path` in `image`."""
+    return float(containers.run_in(image, ["du", "-sb", path]).split()[0]) / 1e6
 
 
 def _images(name: str, ids: list[str], urls: dict[str, str], work: Path) -> tuple[dict, dict]:
