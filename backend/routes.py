@@ -59,29 +59,31 @@ def predict_by_path(model_id: str):
 
 
 def _predict(path_model: str | None):
-    app = services()
+    serving = services()
     if path_model is not None:
-        app.models.get(path_model)  # an unknown model in the path is a 404 before any parsing
+        serving.models.get(path_model)  # an unknown model in the path is a 404 before any parsing
     start = time.perf_counter()
     parsed = parse_predict_request(
-        request, max_top_k=app.settings.max_top_k, max_image_bytes=app.settings.max_image_bytes
+        request,
+        max_top_k=serving.settings.max_top_k,
+        max_image_bytes=serving.settings.max_image_bytes,
     )
-    session = app.models.get(path_model or parsed.model)  # 404 / 503 before any download
+    session = serving.models.get(path_model or parsed.model)  # 404 / 503 before any download
     g.model = session.id
     timings: dict[str, float] = {"parse": _ms(start)}
 
     start = time.perf_counter()
     if parsed.url is not None:
-        data = fetch_url(parsed.url, app.fetch_policy).data
+        data = fetch_url(parsed.url, serving.fetch_policy).data
         timings["fetch"] = _ms(start)
     else:
         data = parsed.image
 
     start = time.perf_counter()
-    image = decode_image(data, app.image_policy)
+    image = decode_image(data, serving.image_policy)
     timings["decode"] = _ms(start)
 
-    answer = predict(image, session, parsed.top_k, app.models.runner)
+    answer = predict(image, session, parsed.top_k, serving.models.runner)
     timings.update(answer.timings_ms)
     timings["total"] = _ms(g.start)  # since the request arrived (backend.app)
     g.timings_ms = timings
