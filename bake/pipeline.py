@@ -36,9 +36,8 @@ from runtime.bundle import (
     Reference,
     Source,
     fix_command,
-    write_atomically,
 )
-from runtime.files import sha256_of
+from runtime.files import sha256_of, write_atomically
 from runtime.session import ModelSession, top_classes
 from runtime.settings import SessionSettings, available_cpus
 from weights.catalog import Catalog, CatalogEntry

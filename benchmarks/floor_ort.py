@@ -22,14 +22,14 @@ args = sys.argv[1:]
 ours = "--ours" in args
 fixed = "--fixed-mmap-threshold" in args
 paths = [a for a in args if not a.startswith("--")]
-if fixed:
+if ours or fixed:  # the project's modules, only where asked for: the floor imports nothing more
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+if fixed:
     from backend.process import bound_allocator
 
     bound_allocator()
 options = None
 if ours:
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     from runtime.session import session_options
     from runtime.settings import SessionSettings, available_cpus
 

@@ -18,8 +18,6 @@ each field and why the format is what it is.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -234,12 +232,3 @@ def read_index(directory: Path) -> BundleIndex:
         ) from None
     except (ValueError, TypeError) as exc:
         raise BundleError(f"{path} is unreadable ({exc}); build the bundles again") from exc
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write a small file so that a reader sees the old one or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

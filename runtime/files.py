@@ -1,11 +1,14 @@
-"""Checking files against the size and sha256 something recorded for them (standard library only).
+"""Files recorded with their size and sha256: checking them, and writing records atomically.
 
-Shared by the fetch step (weights.lock), the bake step and the backend (runtime.bundle).
+Standard library only. Shared by the fetch step (weights.lock), the bake step and the backend
+(runtime.bundle).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,3 +32,12 @@ def sha256_of(path: Path, should_stop: Callable[[], bool] | None = None) -> str 
             if should_stop is not None and should_stop():
                 return None
     return digest.hexdigest()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a small file so that a reader sees the old one or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)

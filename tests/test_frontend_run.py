@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -127,6 +128,24 @@ class Output:
         return "".join(self.lines)
 
 
+@contextlib.contextmanager
+def _stopped_by_ctrl_c(process: subprocess.Popen, ports, *, timeout: float):
+    """After the block: Ctrl-C ends the run command with 130, leaving nothing on its ports.
+
+    If the block fails, the process is killed instead, and the block's failure is the one told.
+    """
+    try:
+        yield
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    for port in ports:
+        assert not port_served(port), f"port {port} still served"
+
+
 def _start_run(tmp_path, *args: str, env: dict[str, str]) -> tuple[subprocess.Popen, Output]:
     process = subprocess.Popen(
         [str(RUN), *args, "--weights-dir", str(tmp_path / "weights"),
@@ -145,7 +164,7 @@ def test_offline_it_starts_both_with_labelled_demo_weights_and_ctrl_c_stops_both
     env = {"MODELS": "resnet18", "WEIGHTS_MIRROR": closed_port_url()}
     for attempt in ("first", "second"):
         process, output = _start_run(tmp_path, *ports, env=env)
-        try:
+        with _stopped_by_ctrl_c(process, (backend_port, frontend_port), timeout=30):
             output.wait_for("Baked Vision is running", timeout=240)
             page_url = f"http://127.0.0.1:{frontend_port}"
             assert f"open {page_url}" in output.text()
@@ -160,15 +179,6 @@ def test_offline_it_starts_both_with_labelled_demo_weights_and_ctrl_c_stops_both
             assert requests.get(f"{backend}/models/resnet18", timeout=5).json()["untrained"] is True
             assert requests.get(f"{page_url}/_stcore/health", timeout=5).status_code == 200
 
-            process.send_signal(signal.SIGINT)  # Ctrl-C
-            assert process.wait(30) == 130
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        for port in (backend_port, frontend_port):
-            assert not port_served(port), f"port {port} still served"
-
 
 def test_dry_run_of_v3_starts_the_local_gateway_stack():
     lines = run("--dry-run", "--version", "v3").stdout.splitlines()
@@ -182,7 +192,7 @@ def test_v3_offline_runs_one_backend_per_model_behind_the_gateway(tmp_path):
         tmp_path, "--version", "v3", "--offline", "--backend-port", str(gateway_port),
         "--frontend-port", str(frontend_port), env={"MODELS": "small"},
     )  # fmt: skip
-    try:
+    with _stopped_by_ctrl_c(process, (gateway_port, frontend_port), timeout=60):
         output.wait_for("Ctrl-C stops everything", timeout=300)
         gateway = f"http://127.0.0.1:{gateway_port}"
         assert requests.get(f"{gateway}/models", timeout=5).json() == [
@@ -197,14 +207,6 @@ def test_v3_offline_runs_one_backend_per_model_behind_the_gateway(tmp_path):
         assert answer["model"] == "mobilenet_v3_large" and answer["untrained"] is True
         page = f"http://127.0.0.1:{frontend_port}"
         assert requests.get(f"{page}/_stcore/health", timeout=5).status_code == 200
-        process.send_signal(signal.SIGINT)  # Ctrl-C
-        assert process.wait(60) == 130
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    for port in (gateway_port, frontend_port):
-        assert not port_served(port), f"port {port} still served"
 
 
 def _png() -> bytes:

@@ -8,12 +8,11 @@ a weights directory describes itself even if the code's catalog later changes.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.files import write_atomically
 from weights.catalog import CatalogEntry
 
 LOCK_NAME = "weights.lock"
@@ -57,10 +56,5 @@ def write_lock(directory: Path, records: dict[str, FetchedFile]) -> Path:
             for mid, rec in sorted(records.items())
         },
     }
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".weights.lock.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(body, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, directory / LOCK_NAME)
+    write_atomically(directory / LOCK_NAME, json.dumps(body, indent=2) + "\n")
     return directory / LOCK_NAME
