@@ -121,7 +121,7 @@ def _register_request_logging(app: Flask, settings: Settings) -> None:
     def finish_request(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         latency_s = time.perf_counter() - g.get("start", time.perf_counter())
-        if request.path not in ("/healthz", "/readyz"):
+        if request.path not in ("/health", "/ready"):
             log.info(
                 "%s %s %s",
                 request.method,

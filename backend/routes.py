@@ -18,14 +18,14 @@ from backend.urlfetch import fetch_url
 api = Blueprint("api", __name__)
 
 
-@api.get("/healthz")
-def healthz():
+@api.get("/health")
+def health():
     """Liveness: the process serves HTTP. No inference, no outbound call."""
     return jsonify({"status": "ok"})
 
 
-@api.get("/readyz")
-def readyz():
+@api.get("/ready")
+def ready():
     models = services().models
     if not models.ready:
         raise NotReady(models.status_message())

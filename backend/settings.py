@@ -29,7 +29,7 @@ class Settings:
     # (a set or ids); None: the models this service serves.
     listed_models: str | None = None
     allow_untrained: bool = False  # only the local run command serves demo weights
-    background_load: bool = False  # load after the server is up; /readyz tells when done
+    background_load: bool = False  # load after the server is up; /ready tells when done
     exit_on_load_failure: bool = False  # under gunicorn: a failed load stops the server
     # How ONNX Runtime runs each model: threads from the CPUs this process may use (cgroup
     # quota included); the rest as measured in benchmarks/RESULTS.md.

@@ -133,7 +133,7 @@ def run_local_v3(
             )
             processes.append(process)
             backends[model_id] = f"http://127.0.0.1:{backend_port}"
-            waits.append((f"{backends[model_id]}/readyz", process, log))
+            waits.append((f"{backends[model_id]}/ready", process, log))
         for url, process, log in waits:
             wait_http(url, 300, process, log)
 

@@ -37,13 +37,13 @@ class BackendProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 120) -> float:
-        """Seconds until /readyz answered 200; raises with the log if it never does."""
+        """Seconds until /ready answered 200; raises with the log if it never does."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"backend exited {self.process.returncode}:\n{self.log()}")
             try:
-                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}/ready", timeout=2).status_code == 200:
                     return time.monotonic() - start
             except requests.RequestException:
                 pass

@@ -93,8 +93,8 @@ def assert_error(response, status: int, code: str | None = None):
 
 
 def test_health_ready_hello(client):
-    assert client.get("/healthz").get_json() == {"status": "ok"}
-    assert client.get("/readyz").get_json() == {"status": "ready", "models": MODELS}
+    assert client.get("/health").get_json() == {"status": "ok"}
+    assert client.get("/ready").get_json() == {"status": "ready", "models": MODELS}
     assert client.get("/hello").get_json() == "Hello!"
 
 
@@ -447,7 +447,7 @@ def test_random_bytes_get_200_or_4xx(client, data):
 
 
 def test_still_serving_after_all_of_the_above(client):
-    assert client.get("/healthz").status_code == 200
+    assert client.get("/health").status_code == 200
     assert upload(client, encode(photo(), "JPEG")).status_code == 200
 
 
@@ -526,7 +526,7 @@ def test_listed_models_behind_the_gateway(bundles_dir):
     assert "its own service" in error["message"]
 
 
-def test_readyz_is_503_until_every_model_is_loaded_and_warm(bundles_dir, monkeypatch):
+def test_ready_is_503_until_every_model_is_loaded_and_warm(bundles_dir, monkeypatch):
     import threading
 
     release = threading.Event()
@@ -542,14 +542,14 @@ def test_readyz_is_503_until_every_model_is_loaded_and_warm(bundles_dir, monkeyp
     client = app.test_client()
     models = services(app).models
     try:
-        assert client.get("/healthz").status_code == 200
-        error = assert_error(client.get("/readyz"), 503, "not_ready")
+        assert client.get("/health").status_code == 200
+        error = assert_error(client.get("/ready"), 503, "not_ready")
         assert "of 2 ready" in error["message"]
         assert_error(upload(client, encode(photo(), "PNG")), 503, "not_ready")
     finally:
         release.set()
     assert models.wait_ready(60)
-    assert client.get("/readyz").status_code == 200
+    assert client.get("/ready").status_code == 200
 
 
 def test_a_failed_background_load_is_reported_not_hidden(bundles_dir, monkeypatch):
@@ -565,5 +565,5 @@ def test_a_failed_background_load_is_reported_not_hidden(bundles_dir, monkeypatc
         import time
 
         time.sleep(0.05)
-    error = assert_error(app.test_client().get("/readyz"), 503)
+    error = assert_error(app.test_client().get("/ready"), 503)
     assert "loading failed" in error["message"] and "nobody planned" in error["message"]

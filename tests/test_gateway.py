@@ -126,7 +126,7 @@ def test_local_v3_routes_each_model_to_its_own_service(bundles_dir, tmp_path):
             assert response.status_code == 200, response.text
             assert response.json()["model"] == model_id
             # each backend serves only its own model
-            own = requests.get(f"{stack.backends[model_id]}/readyz", timeout=5).json()
+            own = requests.get(f"{stack.backends[model_id]}/ready", timeout=5).json()
             assert own["models"] == [model_id]
             assert requests.get(f"{gw}/models/{model_id}", timeout=10).json()["id"] == model_id
 

@@ -79,8 +79,8 @@ def test_gunicorn_reports_ready_only_after_warm_up_then_predicts(bundles_dir, tm
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                statuses.append(requests.get(f"{backend.url}/readyz", timeout=1).status_code)
-                assert requests.get(f"{backend.url}/healthz", timeout=1).status_code == 200
+                statuses.append(requests.get(f"{backend.url}/ready", timeout=1).status_code)
+                assert requests.get(f"{backend.url}/health", timeout=1).status_code == 200
             except requests.ConnectionError:
                 pass  # the worker is still starting
             except requests.Timeout:
@@ -320,7 +320,7 @@ def _worker_pid(master_pid: int) -> int:
     return int(children[0])
 
 
-def test_a_slow_drip_ends_in_504_at_the_deadline_while_healthz_stays_responsive(backend_server):
+def test_a_slow_drip_ends_in_504_at_the_deadline_while_health_stays_responsive(backend_server):
     with upstream_server() as upstream:
         result: dict = {}
 
@@ -336,7 +336,7 @@ def test_a_slow_drip_ends_in_504_at_the_deadline_while_healthz_stays_responsive(
         slowest = 0.0
         while caller.is_alive():
             start = time.monotonic()
-            assert requests.get(f"{backend_server.url}/healthz", timeout=2).status_code == 200
+            assert requests.get(f"{backend_server.url}/health", timeout=2).status_code == 200
             slowest = max(slowest, time.monotonic() - start)
             time.sleep(0.2)
         caller.join()
