@@ -24,7 +24,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-DEADLINE_S = 30.0  # a cold backend loads its model within the startup probe's budget first
+# As long as Cloud Run's request timeout (BACKEND_REQUEST_TIMEOUT_SECONDS in config.env): a
+# request to a starting backend waits for its startup budget, then for its own work.
+DEADLINE_S = 60.0
 MAX_BODY_MB = 10  # the backend's MAX_REQUEST_MB
 _ID = re.compile(r"^[a-z0-9_]+$")
 

@@ -11,8 +11,10 @@ Usage: setup_gcp.sh [--dry-run] [-h|--help]
 
 In project \$PROJECT_ID: enable the APIs the project uses (Cloud Run, Cloud Build, Artifact
 Registry, and for v3 API Gateway with Service Control and Service Management), create the
-docker repository \$REPOSITORY in \$REGION unless it exists, let Cloud Build's service
-account push there and write logs, and create the frontend's service account.
+docker repository \$REPOSITORY in \$REGION unless it exists, grant the account Cloud Build
+runs as roles/cloudbuild.builds.builder on the project (read the uploaded source, write
+logs) and roles/artifactregistry.writer on the repository (pull caches, push images), and
+create the frontend's service account.
 
   --dry-run   print every gcloud command instead of running it
   -h, --help  show this help
@@ -55,9 +57,16 @@ main() {
       --description="Baked Vision images: base and code images of each component"
   fi
 
-  # Cloud Build pushes the images and looks up existing bases (artifactregistry.writer on this
-  # repository covers both) and writes build logs. It deploys nothing: the deploy scripts run
-  # with your own credentials, so it needs no Cloud Run role.
+  # The account Cloud Build runs as. In projects of an organisation created since 2024 it is
+  # the Compute Engine default service account, which gets no role at all when the policy
+  # iam.automaticIamGrantsForDefaultServiceAccounts is on (the default there): a build then
+  # cannot even read its own uploaded source (gs://PROJECT_cloudbuild). So it is granted what
+  # a build needs, explicitly, whatever account it is:
+  # - roles/cloudbuild.builds.builder (project): read the uploaded source, write build logs,
+  #   run the build (the role Cloud Build's own legacy account has);
+  # - roles/artifactregistry.writer on the repository alone: pull the previous images (the
+  #   layer caches and the base look-up by tag) and push the new ones.
+  # It deploys nothing: the deploy scripts run with your own credentials, so no Cloud Run role.
   local builder="${CLOUD_BUILD_SERVICE_ACCOUNT}"
   if [[ -z "${builder}" ]]; then
     query builder "<cloud-build-service-account>" \
@@ -71,16 +80,16 @@ main() {
   if [[ -z "${builder}" ]]; then
     die "could not find Cloud Build's service account: set CLOUD_BUILD_SERVICE_ACCOUNT"
   fi
+  run gcloud projects add-iam-policy-binding "${PROJECT_ID}" \
+    --member="serviceAccount:${builder}" \
+    --role=roles/cloudbuild.builds.builder \
+    --condition=None \
+    --quiet
   run gcloud artifacts repositories add-iam-policy-binding "${REPOSITORY}" \
     --project="${PROJECT_ID}" \
     --location="${REGION}" \
     --member="serviceAccount:${builder}" \
     --role=roles/artifactregistry.writer \
-    --quiet
-  run gcloud projects add-iam-policy-binding "${PROJECT_ID}" \
-    --member="serviceAccount:${builder}" \
-    --role=roles/logging.logWriter \
-    --condition=None \
     --quiet
 
   ensure_frontend_service_account

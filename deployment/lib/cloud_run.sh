@@ -16,6 +16,26 @@ join_env() {
   echo "${joined}"
 }
 
+# The flag that makes a service public, as PUBLIC_ACCESS (config.env) says.
+public_access_flag() {
+  case "${PUBLIC_ACCESS}" in
+    allUsers) echo --allow-unauthenticated ;;
+    no-iam-check) echo --no-invoker-iam-check ;;
+    *) die "PUBLIC_ACCESS='${PUBLIC_ACCESS}' is neither allUsers nor no-iam-check (config.env)" ;;
+  esac
+}
+
+# Refuse timeouts that disagree: a request waiting for a starting instance must not time out
+# while the instance is still within its startup budget (the request's own work: ~10 s).
+check_timeouts() {
+  local work=10
+  if ((STARTUP_BUDGET_SECONDS + work > BACKEND_REQUEST_TIMEOUT_SECONDS)); then
+    die "STARTUP_BUDGET_SECONDS=${STARTUP_BUDGET_SECONDS} and ${work} s of work do not fit" \
+      "in BACKEND_REQUEST_TIMEOUT_SECONDS=${BACKEND_REQUEST_TIMEOUT_SECONDS}: a first request" \
+      "to a starting instance could time out (config.env)"
+  fi
+}
+
 # An HTTP startup probe: Cloud Run sends no traffic until it answers 200. Probing every second
 # adds at most a second to a cold start; the failure threshold spreads the budget over it.
 startup_probe() {
@@ -32,13 +52,16 @@ startup_probe() {
 
 # deploy_backend_service SERVICE IMAGE_URI MEMORY CPU ENV LABELS ACCESS: a backend service.
 # ENV is --set-env-vars' value (it replaces all variables of the previous revision); ACCESS is
-# --allow-unauthenticated or --no-allow-unauthenticated.
+# --no-allow-unauthenticated, or the public flag of public_access_flag.
 deploy_backend_service() {
   local service="$1" image_uri="$2" memory="$3" cpu="$4" env="$5" labels="$6" access="$7"
-  require_config BACKEND_THREADS MAX_INSTANCES STARTUP_BUDGET_SECONDS
+  require_config BACKEND_THREADS MAX_INSTANCES STARTUP_BUDGET_SECONDS \
+    BACKEND_REQUEST_TIMEOUT_SECONDS
+  check_timeouts
   # One number sets both gunicorn's threads (GUNICORN_THREADS, in ENV) and Cloud Run's
   # concurrency: each request Cloud Run lets in gets a thread, and none waits in the instance
-  # for one. The startup probe on /readyz keeps traffic away until the models are warm.
+  # for one. The startup probe on /ready keeps traffic away until the models are warm. (Not
+  # /readyz, nor /healthz: Cloud Run's front end keeps paths ending in "z" for itself.)
   run gcloud run deploy "${service}" \
     --project="${PROJECT_ID}" \
     --region="${REGION}" \
@@ -48,8 +71,8 @@ deploy_backend_service() {
     --cpu="${cpu}" \
     --concurrency="${BACKEND_THREADS}" \
     --cpu-boost \
-    --startup-probe="$(startup_probe /readyz)" \
-    --timeout=60 \
+    --startup-probe="$(startup_probe /ready)" \
+    --timeout="${BACKEND_REQUEST_TIMEOUT_SECONDS}" \
     --min-instances=0 \
     --max-instances="${MAX_INSTANCES}" \
     --set-env-vars="${env}" \
@@ -61,10 +84,11 @@ deploy_backend_service() {
 # deploy_frontend_service SERVICE IMAGE_URI ENV LABELS [FLAG...]: the (public) Streamlit page;
 # FLAGs are added to the deploy, e.g. --service-account=...
 deploy_frontend_service() {
-  local service="$1" image_uri="$2" env="$3" labels="$4"
+  local service="$1" image_uri="$2" env="$3" labels="$4" public
   shift 4
   require_config FRONTEND_MEMORY FRONTEND_CPU FRONTEND_CONCURRENCY MAX_INSTANCES \
-    STARTUP_BUDGET_SECONDS
+    STARTUP_BUDGET_SECONDS PUBLIC_ACCESS
+  public="$(public_access_flag)"
   # Streamlit holds each browser session in one process over a websocket: session affinity
   # keeps a session on its instance, and the websocket lives as long as the request timeout.
   run gcloud run deploy "${service}" \
@@ -84,7 +108,7 @@ deploy_frontend_service() {
     --set-env-vars="${env}" \
     --labels="${labels}" \
     "$@" \
-    --allow-unauthenticated \
+    "${public}" \
     --quiet
 }
 

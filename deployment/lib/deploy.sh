@@ -25,17 +25,21 @@ A frontend is pointed at its backend of the same version (SERVING_URL), read fro
 
 Settings come from deployment/config.env (or \$DEPLOY_CONFIG), overridable from the
 environment: PROJECT_ID, REGION, REPOSITORY, sizes (BACKEND_V1_MEMORY, ...), BACKEND_THREADS,
-MAX_INSTANCES, STARTUP_BUDGET_SECONDS, FRONTEND_SERVICE_ACCOUNT, *_EXTRA_ENV.
+MAX_INSTANCES, STARTUP_BUDGET_SECONDS, BACKEND_REQUEST_TIMEOUT_SECONDS, PUBLIC_ACCESS
+(allUsers, or no-iam-check where the organisation forbids allUsers), FRONTEND_SERVICE_ACCOUNT,
+*_EXTRA_ENV.
 USAGE
 }
 
 deploy_backend() {
   local version="$1" image_uri="$2" private="$3"
   local memory_var="BACKEND_${version^^}_MEMORY" cpu_var="BACKEND_${version^^}_CPU"
-  require_config "${memory_var}" "${cpu_var}" BACKEND_THREADS
-  local access=--allow-unauthenticated
+  require_config "${memory_var}" "${cpu_var}" BACKEND_THREADS PUBLIC_ACCESS
+  local access
   if [[ "${private}" == true ]]; then
     access=--no-allow-unauthenticated
+  else
+    access="$(public_access_flag)"
   fi
   # MODELS is also baked into the image; setting it here keeps the service's configuration
   # complete in one place (--set-env-vars replaces all variables of the previous revision).
