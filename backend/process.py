@@ -27,12 +27,12 @@ import onnxruntime as ort
 from PIL import Image
 
 from backend.logs import configure_logging
+from runtime.session import ERRORS_ONLY
 
 log = logging.getLogger(__name__)
 
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial default, made fixed
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
-_ORT_ERRORS_ONLY = 3
 _allocator_bounded = False
 
 
@@ -40,7 +40,7 @@ def configure_process(log_level: str) -> None:
     """Apply the process-wide settings above (idempotent; the log level is the latest given)."""
     configure_logging(log_level)
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-    ort.set_default_logger_severity(_ORT_ERRORS_ONLY)
+    ort.set_default_logger_severity(ERRORS_ONLY)
     bound_allocator()
 
 

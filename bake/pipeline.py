@@ -2,7 +2,8 @@
 
 A bundle is built in a hidden directory next to its final place and renamed into place only
 when it is complete and verified, so an interrupted or failed build never leaves half a
-bundle that a server could pick up.
+bundle that a server could pick up: hidden directories are never indexed, and the next bake
+clears what a killed one left.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ from weights.catalog import Catalog, CatalogEntry
 from weights.lock import FetchedFile
 from weights.store import WeightsStore
 
-PACKAGES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime")
-_CODE = (Path(__file__).parent, Path(__file__).parent.parent / "runtime")
+# What a bundle depends on besides its weights: these libraries' versions (numpy and Pillow do
+# the preprocessing it is verified through) and the source of these packages (weights: the
+# catalog's metadata and preprocessing, the loading; bake; runtime).
+PACKAGES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "numpy", "pillow")
+CODE = tuple(Path(__file__).parent.parent / name for name in ("weights", "bake", "runtime"))
+_STAGING, _REPLACED = ".baking-", ".old-"
 
 
 def bake(
@@ -61,7 +66,8 @@ def bake(
     dest.mkdir(parents=True, exist_ok=True)
     store = WeightsStore(weights_dir)
     versions = {name: importlib.metadata.version(name) for name in PACKAGES}
-    code = _code_digest()
+    code = code_digest()
+    _sweep(dest, say)
     manifests = []
     for number, model_id in enumerate(ids, start=1):
         fetched, entry, _ = store.verify(model_id, allow_untrained=True)
@@ -90,7 +96,7 @@ def _build(
     say: Callable[[str], None],
 ) -> Manifest:
     model_id = fetched.id
-    staging = Path(tempfile.mkdtemp(dir=dest, prefix=f".{model_id}.baking-"))
+    staging = Path(tempfile.mkdtemp(dir=dest, prefix=f".{model_id}{_STAGING}"))
     staging.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
     try:
         module = store.load(model_id, allow_untrained=True)
@@ -160,19 +166,43 @@ def _unchanged(directory: Path, inputs: str, fix: str) -> Manifest | None:
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
-    """Replace `target` by `staging`: the old bundle stays whole until the new one is there."""
+    """Replace `target` by `staging`: the old bundle stays whole until the new one is there,
+    and comes back if the new one cannot take its place (an interrupt between the renames)."""
     old = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{time.time_ns()}")
+        old = target.with_name(f".{target.name}{_REPLACED}{time.time_ns()}")
         target.rename(old)
-    staging.rename(target)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old is not None and not target.exists():
+            old.rename(target)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _sweep(dest: Path, say: Callable[[str], None]) -> None:
+    """Clear what a killed bake left: a half-made bundle goes; a replaced one comes back if
+    its replacement never took its place, else goes. Hidden folders are never served."""
+    for leftover in sorted(p for p in dest.iterdir() if p.name.startswith(".")):
+        if _REPLACED in leftover.name:
+            target = dest / leftover.name[1:].split(_REPLACED)[0]
+            if not target.exists():
+                say(f"restoring {target.name} from {leftover.name}, left by an interrupted bake")
+                leftover.rename(target)
+                continue
+        elif _STAGING not in leftover.name:
+            continue
+        say(f"removing {leftover.name}, left by an interrupted bake")
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _write_index(dest: Path, catalog: Catalog) -> None:
     """index.json: every bundle in `dest`, in the catalog's order, with its default and sets."""
-    present = {p.name for p in dest.iterdir() if (p / MANIFEST).is_file()}
+    present = {
+        p.name for p in dest.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()
+    }
     models = [i for i in catalog.ids if i in present] + sorted(present - set(catalog.ids))
     index = BundleIndex(models=models, default=catalog.default, sets=dict(catalog.sets))
     write_atomically(dest / INDEX, index.to_json())
@@ -191,10 +221,10 @@ def _inputs_digest(fetched: FetchedFile, versions: dict[str, str], code: str) ->
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def _code_digest() -> str:
-    """The bake and runtime packages' sources: a change to either may change a bundle."""
+def code_digest(packages: tuple[Path, ...] = CODE) -> str:
+    """The packages' Python sources: a change to any may change a bundle."""
     digest = hashlib.sha256()
-    for package in _CODE:
+    for package in packages:
         for path in sorted(package.glob("*.py")):
             digest.update(f"{package.name}/{path.name}\0".encode())
             digest.update(path.read_bytes())

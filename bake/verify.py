@@ -69,12 +69,19 @@ def verify(
             f"{model_id}: the ONNX graph answers with shape {logits.shape}, "
             f"torchvision's model with {eager_logits.shape}"
         )
+    if not (np.isfinite(eager_logits).all() and np.isfinite(logits).all()):
+        # NaN compares false with everything: without this, NaNs on both sides would pass.
+        side = "torchvision's model" if not np.isfinite(eager_logits).all() else "the ONNX graph"
+        raise VerificationError(
+            f"{model_id}: {side} answers with non-finite values (NaN or infinity). "
+            "No bundle was written."
+        )
     eager, served = softmax(eager_logits), softmax(logits)
     differences = np.abs(eager - served).max(axis=1)
     checked, reordered = _compare_top(eager, served, tolerance)
     seconds = time.perf_counter() - started
     worst = int(np.argmax(differences))
-    if differences[worst] > tolerance or reordered:
+    if not differences[worst] <= tolerance or reordered:
         described = ", ".join(
             f"{i} ({w}x{h})" for i, (w, h) in ((i, images[i].size) for i in reordered)
         )

@@ -10,9 +10,11 @@ reads it and trusts nothing else.
         reference.png         an image the build verified, with its answer in the manifest: the
                               backend re-checks it at start on the machine it runs on
 
-Every file but the manifest is listed in the manifest with its sha256 and size; a bundle whose
-files do not match is refused (`Bundle.check`, `Bundle.verify`). docs/architecture.md describes
-each field and why the format is what it is.
+Every file but the manifest is listed in the manifest with its sha256 and size (a manifest that
+lacks one is refused); a bundle whose files do not match is refused (`Bundle.check`,
+`Bundle.verify`). The manifest and the index themselves are trusted as written: they are the
+root of that trust, as `weights.lock` is for the fetched files, and an image is immutable.
+docs/architecture.md describes each field and why the format is what it is.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ class Manifest:
         data["preprocessing"] = Preprocessing(**data["preprocessing"])
         data["source"] = Source(**data["source"])
         data["artifacts"] = {name: Artifact(**a) for name, a in data["artifacts"].items()}
+        missing = sorted({GRAPH, GRAPH_DATA, REFERENCE_IMAGE} - set(data["artifacts"]))
+        if missing:
+            raise ValueError(f"its list of files lacks {', '.join(missing)}")
         reference = data["reference"]
         data["reference"] = Reference(
             top=[(int(i), float(p)) for i, p in reference["top"]],

@@ -21,7 +21,7 @@ _LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_ERRORS_ONLY = 3  # ONNX Runtime's log severity: 0 verbose ... 3 error, 4 fatal
+ERRORS_ONLY = 3  # ONNX Runtime's log severity: 0 verbose ... 3 error, 4 fatal
 # What InferenceSession raises for a graph it cannot load: its own classes, none of them a
 # RuntimeError or an OSError.
 _LOAD_ERRORS = (
@@ -43,7 +43,7 @@ def session_options(settings: SessionSettings) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = _LEVELS[settings.optimization]
     options.enable_cpu_mem_arena = settings.memory_arena
-    options.log_severity_level = _ERRORS_ONLY
+    options.log_severity_level = ERRORS_ONLY
     if not settings.prepacking:
         options.add_session_config_entry("session.disable_prepacking", "1")
     options.add_session_config_entry(
@@ -118,7 +118,9 @@ class ModelSession:
         best = int(np.argmax(probabilities))
         (expected_best, p0), (_, p1) = reference.top[0], reference.top[1]
         separable = p0 - p1 > reference.tolerance
-        if worst > reference.tolerance or (separable and best != expected_best):
+        finite = bool(np.isfinite(probabilities).all())
+        # `not worst <= tolerance`: a NaN difference must fail, and NaN compares false.
+        if not finite or not worst <= reference.tolerance or (separable and best != expected_best):
             raise BundleError(
                 f"model {self.id!r} answers its reference image differently here than when it "
                 f"was built (worst probability difference {worst:.2e}, tolerance "

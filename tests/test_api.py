@@ -532,10 +532,10 @@ def test_ready_is_503_until_every_model_is_loaded_and_warm(bundles_dir, monkeypa
     release = threading.Event()
     real_open = ModelRegistry._open
 
-    def held_open(self, model_id):
+    def held_open(self, model_id, **kwargs):
         if model_id == "mobilenet_v3_large":
             assert release.wait(30)
-        return real_open(self, model_id)
+        return real_open(self, model_id, **kwargs)
 
     monkeypatch.setattr(ModelRegistry, "_open", held_open)
     app = create_app(_settings(bundles_dir, background_load=True))
@@ -553,7 +553,7 @@ def test_ready_is_503_until_every_model_is_loaded_and_warm(bundles_dir, monkeypa
 
 
 def test_a_failed_background_load_is_reported_not_hidden(bundles_dir, monkeypatch):
-    def broken(self, model_id):
+    def broken(self, model_id, **kwargs):
         raise KeyError("a bug nobody planned for")
 
     monkeypatch.setattr(ModelRegistry, "_open", broken)

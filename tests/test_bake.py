@@ -17,6 +17,7 @@ import torch
 from torchvision.models import get_model, get_weight
 
 import bake.pipeline
+import runtime.bundle
 from bake.export import export_onnx
 from bake.pipeline import bake as bake_bundles
 from bake.verify import VerificationError
@@ -58,7 +59,7 @@ def test_a_bundle_holds_the_graph_its_weights_and_a_full_manifest(bundles_dir, b
         assert sha256_of(directory / name) == artifact.sha256
         assert (directory / name).stat().st_size == artifact.size
     assert set(manifest.versions) == {
-        "torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "opset",
+        "torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "numpy", "pillow", "opset",
     }  # fmt: skip
     assert manifest.versions["torch"] == torch.__version__.split("+")[0]
     checked = manifest.verification
@@ -118,12 +119,20 @@ def test_unchanged_inputs_are_verified_and_kept(
 ):
     dest = _copies(bundles_dir, tmp_path)
     exported = _count_exports(monkeypatch)
+    hashed: list[str] = []
+    real_sha256 = runtime.bundle.sha256_of
+    monkeypatch.setattr(
+        runtime.bundle,
+        "sha256_of",
+        lambda path, *a: hashed.append(path.name) or real_sha256(path, *a),
+    )
     said: list[str] = []
     manifests = bake_bundles(
         ["resnet18", "mobilenet_v3_large"], baked_dir, dest, catalog=weights_origin.catalog,
         say=said.append,
     )  # fmt: skip
     assert exported == []
+    assert sorted(hashed) == sorted([GRAPH, GRAPH_DATA, REFERENCE_IMAGE] * 2)  # kept: verified
     assert [m.id for m in manifests] == ["resnet18", "mobilenet_v3_large"]
     assert all("bundle present, verified, inputs unchanged; skipping" in line for line in said)
 
@@ -162,6 +171,58 @@ def test_new_weights_make_a_new_bundle(baked_dir, weights_origin, tmp_path, monk
     assert exported == ["resnet18"]
     assert second.inputs != first.inputs and second.untrained
     assert second.artifacts[GRAPH_DATA].sha256 != first.artifacts[GRAPH_DATA].sha256
+
+
+def test_leftovers_of_a_killed_bake_are_cleared_and_never_indexed(
+    bundles_dir, baked_dir, weights_origin, tmp_path
+):
+    dest = _copies(bundles_dir, tmp_path)
+    half_made = dest / ".resnet18.baking-abc"
+    shutil.copytree(dest / "resnet18", half_made)  # killed after its manifest was written
+    replaced = dest / ".mobilenet_v3_large.old-1"
+    (dest / "mobilenet_v3_large").rename(replaced)  # killed between the two renames
+    said: list[str] = []
+    bake_bundles(
+        ["resnet18", "mobilenet_v3_large"], baked_dir, dest, catalog=weights_origin.catalog,
+        say=said.append,
+    )  # fmt: skip
+    assert sorted(p.name for p in dest.iterdir()) == [INDEX, "mobilenet_v3_large", "resnet18"]
+    assert any("restoring mobilenet_v3_large" in line for line in said)  # the only copy: kept
+    assert json.loads((dest / INDEX).read_text())["models"] == ["resnet18", "mobilenet_v3_large"]
+    Bundle.read(dest / "mobilenet_v3_large", fix="-").verify(fix="-")
+
+
+def test_the_inputs_digest_covers_the_code_that_shapes_a_bundle(tmp_path):
+    """The catalog's preprocessing and metadata (weights/) shape a bundle as much as bake/."""
+    assert {p.name for p in bake.pipeline.CODE} == {"weights", "bake", "runtime"}
+    assert {"numpy", "pillow", "onnxruntime", "torch"} <= set(bake.pipeline.PACKAGES)
+    copies = []
+    for package in bake.pipeline.CODE:
+        copies.append(tmp_path / package.name)
+        shutil.copytree(package, copies[-1], ignore=shutil.ignore_patterns("__pycache__"))
+    before = bake.pipeline.code_digest(tuple(copies))
+    catalog = tmp_path / "weights" / "catalog.py"
+    catalog.write_text(catalog.read_text() + "\n# a change\n")
+    assert bake.pipeline.code_digest(tuple(copies)) != before
+
+
+def _export_nan_weights(module, input_size, directory, *, model_id):
+    """Weights that make both the eager model and the graph answer NaN."""
+    with torch.no_grad():
+        module.fc.weight.fill_(float("nan"))
+    return export_onnx(module, input_size, directory, model_id=model_id)
+
+
+@pytest.mark.slow
+def test_non_finite_answers_fail_the_build(baked_dir, weights_origin, tmp_path, monkeypatch):
+    """NaN differs from NaN by NaN, which is not above any tolerance: it must still fail."""
+    monkeypatch.setattr(bake.pipeline, "export_onnx", _export_nan_weights)
+    with pytest.raises(VerificationError, match=r"resnet18: .* non-finite values"):
+        bake_bundles(
+            ["resnet18"], baked_dir, tmp_path / "bundles", catalog=weights_origin.catalog,
+            say=print,
+        )  # fmt: skip
+    assert not (tmp_path / "bundles" / "resnet18").exists()
 
 
 def _export_other_weights(module, input_size, directory, *, model_id):

@@ -11,7 +11,6 @@ import pytest
 
 from runtime.bundle import (
     GRAPH_DATA,
-    INDEX,
     MANIFEST,
     REFERENCE_IMAGE,
     Bundle,
@@ -130,5 +129,20 @@ def test_impossible_session_settings_are_refused(kwargs, complaint):
         SessionSettings(**kwargs)
 
 
-def test_the_index_is_what_the_bake_wrote(bundles_dir):
-    assert read_index(bundles_dir).models == json.loads((bundles_dir / INDEX).read_text())["models"]
+def test_a_manifest_that_does_not_list_every_file_is_refused_with_the_fix(copy):
+    path = copy / "resnet18" / MANIFEST
+    data = json.loads(path.read_text())
+    del data["artifacts"][GRAPH_DATA]  # the weights would go unverified
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=f"lacks {GRAPH_DATA}") as failure:
+        Bundle.read(copy / "resnet18", fix=FIX)
+    assert FIX in str(failure.value)
+
+
+def test_non_finite_answers_to_the_reference_are_refused(bundles_dir, monkeypatch):
+    session = ModelSession(Bundle.read(bundles_dir / "resnet18", fix=FIX), SessionSettings())
+    monkeypatch.setattr(
+        ModelSession, "probabilities", lambda self, batch: np.full((1, 1000), np.nan)
+    )
+    with pytest.raises(BundleError, match="answers its reference image differently"):
+        session.check_reference()
