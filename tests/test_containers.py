@@ -308,7 +308,7 @@ def test_backend_container_starts_and_serves_without_network(backend_base, backe
         ready_seconds = None
         deadline = started + 180
         while time.monotonic() < deadline:
-            status, body = exec_python(name, PROBE, "/readyz")
+            status, body = exec_python(name, PROBE, "/ready")
             if status == 200:
                 ready_seconds = time.monotonic() - started
                 break
@@ -319,7 +319,7 @@ def test_backend_container_starts_and_serves_without_network(backend_base, backe
         )
         assert "resnet18" in body
 
-        status, body = exec_python(name, PROBE, "/healthz")
+        status, body = exec_python(name, PROBE, "/health")
         assert status == 200
         status, body = exec_python(name, PREDICT)
         assert status == 200, body
