@@ -10,12 +10,32 @@ that can go wrong comes out as a `backend.errors` type:
 - more pixels than the policy allows -> `PayloadTooLarge` (413), decided from the header before
   the pixel data is allocated (a decompression bomb is an error here, never a warning)
 - truncated or corrupt pixel data, or a shape no classifier can use -> `UndecodableImage` (422)
+- a JPEG with more scans than real encoders write, or any image whose decoding would take more
+  than the policy's CPU budget -> `UndecodableImage` (422), see "Work" below
+
+Work. The pixel limit bounds memory, not CPU: a 156 KB progressive JPEG whose last scan is
+repeated 2000 times costs a pass over every coefficient per scan (~12 s of one core), and a PNG
+of a million tiny chunks, or its ICC profile chunk repeated, costs one Python loop (or one 1 MB
+inflate) each. So every decode runs inside a budget of CPU time of its own thread
+(`max_decode_cpu_s`): Pillow reads its input through `_BudgetedInput`, which checks the
+thread's CPU clock at every read (Pillow parses chunk by chunk and feeds its decoders 4 KB at a
+time here), and the steps after loading are checked too. Before that, cheap checks refuse what
+is costly by construction: JPEGs with more than `max_jpeg_scans` scans (counted on the bytes,
+before any decoding: libjpeg has a scan limit, Pillow does not expose it) and EXIF blocks larger
+than a JPEG can carry (64 KB; larger ones are ignored, as corrupt EXIF is). Large JPEGs are
+decoded with libjpeg's DCT scaling (Pillow's `draft`) to no less than 1024 pixels on the short
+side: the models see 224-480, and a 36 MP photo decodes in a fifth of the time.
+Animated GIF/WebP: only the first frame is ever decoded. Pillow's own limits stay in force:
+`ImageFile.LOAD_TRUNCATED_IMAGES` off (a truncated image is a 422), PNG text chunks bounded by
+`PngImagePlugin.MAX_TEXT_CHUNK` (1 MB each) and `MAX_TEXT_MEMORY` (64 MB in all).
 """
 
 from __future__ import annotations
 
 import io
+import re
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -45,6 +65,22 @@ _DECODER_ERRORS = (
     ZeroDivisionError,
 )
 
+# Pillow reads and decodes this much compressed input between two checks of the budget
+# (its default, 64 KB, can hold hundreds of cheap-to-send, costly-to-decode JPEG scans).
+_DECODE_BLOCK = 4096
+# The most EXIF a JPEG can carry (one APP1 segment); a larger block (PNG eXIf, WebP EXIF) is not
+# a camera's, and parsing its 65535 entries would cost most of a second.
+_MAX_EXIF_BYTES = 65535
+# JPEGs larger than this on both sides are decoded at 1/2, 1/4 or 1/8 scale, never below it.
+_DRAFT_SIZE = (1024, 1024)
+# What rotating and converting a loaded image to RGB costs at most, per pixel (alpha blending on
+# white, measured here: ~0.4 s for 36 M pixels), reserved from the budget before they start.
+_FINISH_CPU_S_PER_PIXEL = 12e-9
+# A JPEG marker: 0xFF and a byte that is not a stuffed zero, a restart marker or a fill byte.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_SOS = 0xDA
+_JPEG_EOI = 0xD9
+
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 # Magic numbers of things people upload instead of a supported image, only to name them in the
@@ -69,11 +105,18 @@ class ImagePolicy:
     default) still applies above that, so raising max_pixels past it has no effect.
     max_aspect_ratio: torchvision's Resize(256) scales the short side to 256, so a 1x10000 strip
     would become 256x2,560,000 pixels (several GB as float tensors); such strips are refused.
+    max_jpeg_scans: libjpeg's progressive mode writes 10 scans for colour (2 + 4 per component
+    otherwise, 18 for CMYK); 32 leaves room for other encoders' scan scripts.
+    max_decode_cpu_s: CPU seconds of the request's thread that decoding may take. The largest
+    legitimate inputs measured here (a 36 MP, 10 MB progressive photo) take ~0.5 s; with the
+    last step's overrun, the worst input found stays under 1 s (docs/bad-inputs.md).
     """
 
     allowed_formats: frozenset[str] = DEFAULT_FORMATS
     max_pixels: int = 36_000_000
     max_aspect_ratio: float = 50.0
+    max_jpeg_scans: int = 32
+    max_decode_cpu_s: float = 0.8
 
     def __post_init__(self) -> None:
         Image.init()
@@ -84,6 +127,8 @@ class ImagePolicy:
             raise ValueError("max_pixels must be at least 1")
         if self.max_aspect_ratio < 1:
             raise ValueError("max_aspect_ratio must be at least 1")
+        if self.max_jpeg_scans < 1 or self.max_decode_cpu_s <= 0:
+            raise ValueError("max_jpeg_scans and max_decode_cpu_s must be positive")
 
 
 def decode_image(data: bytes, policy: ImagePolicy) -> Image.Image:
@@ -92,8 +137,15 @@ def decode_image(data: bytes, policy: ImagePolicy) -> Image.Image:
         raise BadRequest("the image must be sent as bytes")
     if len(data) == 0:
         raise BadRequest("the image is empty")
-    image = _open_header(bytes(data), policy)
+    data = bytes(data)
+    budget = _Budget(policy.max_decode_cpu_s)
+    if data.startswith(b"\xff\xd8"):
+        _check_jpeg_scans(data, policy.max_jpeg_scans)
+    image = _open_header(_BudgetedInput(data, budget), policy)
     _check_dimensions(image.size, policy)
+    image.decodermaxblock = _DECODE_BLOCK
+    if image.format in {"JPEG", "MPO"}:
+        image.draft(None, _DRAFT_SIZE)  # no-op below 2048 pixels on the short side
     try:
         # load() is where truncated data shows: a cut JPEG passes Image.verify().
         image.load()
@@ -101,6 +153,9 @@ def decode_image(data: bytes, policy: ImagePolicy) -> Image.Image:
         raise PayloadTooLarge("the image has too many pixels") from exc
     except _DECODER_ERRORS as exc:
         raise UndecodableImage("the image data is truncated or corrupt") from exc
+    # The steps below are not interruptible: refuse now if they cannot finish within the budget.
+    converts = image.mode != "RGB" or image.has_transparency_data
+    budget.check(reserve=image.width * image.height * _FINISH_CPU_S_PER_PIXEL * converts)
     _apply_exif_orientation(image)
     try:
         return _to_rgb(image)
@@ -123,15 +178,95 @@ def is_image_content_type(content_type: str | None) -> bool:
     return major == "image" and minor != "svg+xml"
 
 
-def _open_header(data: bytes, policy: ImagePolicy) -> Image.Image:
+class _Budget:
+    """CPU time the current thread may still spend decoding; `check` raises when it is spent."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._ends_at = time.thread_time() + seconds
+
+    def check(self, reserve: float = 0.0) -> None:
+        """Raise unless `reserve` more seconds still fit in the budget."""
+        if time.thread_time() + reserve > self._ends_at:
+            raise UndecodableImage(
+                f"the image takes more than {self.seconds:g} s of CPU to decode (too many "
+                "chunks, scans or pixels for its size); send a smaller or simpler image, "
+                "e.g. a baseline JPEG or PNG of at most 4000x4000 pixels"
+            )
+
+
+class _BudgetedInput(io.BytesIO):
+    """The image's bytes as Pillow reads them, with the budget checked at every read.
+
+    Pillow's parsers (PNG chunks, GIF blocks, BMP RLE runs, ...) and its decoders' input
+    loop all read through here, so any of them that runs too long stops at its next read.
+    """
+
+    def __init__(self, data: bytes, budget: _Budget) -> None:
+        super().__init__(data)
+        self._budget = budget
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self._budget.check()
+        return super().read(size)
+
+    def read1(self, size: int | None = -1, /) -> bytes:
+        self._budget.check()
+        return super().read1(size)
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        self._budget.check()
+        return super().readline(size)
+
+    def readinto(self, buffer, /) -> int:
+        self._budget.check()
+        return super().readinto(buffer)
+
+
+def _check_jpeg_scans(data: bytes, max_scans: int) -> None:
+    """Refuse a JPEG with more than `max_scans` scans (SOS markers), before decoding it.
+
+    Walks the marker segments by their lengths and skips each scan's entropy-coded data to the
+    next marker with one regular-expression search (C speed: ~10 ms for 10 MB). Anything this
+    walk cannot follow is left to the decoder, which refuses it as corrupt.
+    """
+    scans, position, end = 0, 2, len(data)
+    while position + 4 <= end:
+        if data[position] != 0xFF:
+            return  # not at a marker: corrupt, the decoder says so
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == _JPEG_EOI:
+            return
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        position += 2 + length
+        if marker == _JPEG_SOS:
+            scans += 1
+            if scans > max_scans:
+                raise UndecodableImage(
+                    f"the JPEG has more than {max_scans} scans (real encoders write at most "
+                    "about 20); it would take minutes to decode. Re-save it as a baseline JPEG"
+                )
+            found = _JPEG_MARKER.search(data, position)
+            if found is None:
+                return
+            position = found.start()
+
+
+def _open_header(source: io.BytesIO, policy: ImagePolicy) -> Image.Image:
     """Return the lazily opened image: only its header has been parsed."""
     try:
-        return Image.open(io.BytesIO(data), formats=sorted(policy.allowed_formats))
+        return Image.open(source, formats=sorted(policy.allowed_formats))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # The warning arrives as an exception when warnings are errors (python -W error).
         raise PayloadTooLarge("the image has too many pixels") from exc
     except UnidentifiedImageError as exc:
-        raise UnsupportedMedia(_describe_unsupported(data, policy)) from exc
+        raise UnsupportedMedia(_describe_unsupported(source.getvalue()[:512], policy)) from exc
     except _DECODER_ERRORS as exc:
         raise UndecodableImage("the image header is corrupt") from exc
 
@@ -164,6 +299,9 @@ def _check_dimensions(size: tuple[int, int], policy: ImagePolicy) -> None:
 
 def _apply_exif_orientation(image: Image.Image) -> None:
     """Rotate `image` in place so it is upright, as the camera's EXIF tag says."""
+    exif = image.info.get("exif")
+    if isinstance(exif, bytes | bytearray) and len(exif) > _MAX_EXIF_BYTES:
+        return  # no camera wrote it (see _MAX_EXIF_BYTES): classify the image as stored
     try:
         # in_place: the default returns a copy even when nothing needs rotating.
         ImageOps.exif_transpose(image, in_place=True)

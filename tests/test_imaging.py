@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import warnings
 import zlib
 from typing import Any
@@ -21,6 +22,7 @@ from backend.errors import (
     UnsupportedMedia,
 )
 from backend.imaging import ImagePolicy, decode_image, is_image_content_type
+from tests import imagegen
 
 POLICY = ImagePolicy()
 WHITE = (255, 255, 255)
@@ -281,6 +283,125 @@ def test_thin_strip_is_undecodable_not_a_crash(size: tuple[int, int]) -> None:
     with pytest.raises(UndecodableImage) as caught:
         decode_image(encode(Image.new("RGB", size, RED), "PNG"), POLICY)
     assert caught.value.status == 422
+
+
+# --- work: every input up to the size limit is decoded or refused within 1 s of CPU -----------
+
+LIMIT = 10 * 1024 * 1024  # the image-size limit (runtime.limits.MAX_IMAGE_BYTES)
+FILL = LIMIT - 4096  # what the padding of a bomb may take, leaving room for its image
+CPU_LIMIT_S = 1.0
+
+
+def decode_timed(data: bytes, policy: ImagePolicy = POLICY) -> tuple[Image.Image | ApiError, float]:
+    """decode_image's answer (an image or the error) and the CPU seconds it took this thread."""
+    started = time.thread_time()
+    try:
+        answer: Image.Image | ApiError = decode_image(data, policy)
+    except ApiError as exc:
+        answer = exc
+    return answer, time.thread_time() - started
+
+
+def test_jpeg_with_its_last_scan_repeated_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = imagegen.progressive_jpeg_with_repeated_scan(4000, 2000)  # the issue's 156 KB bomb
+    assert len(data) < 200_000
+    loads: list[int] = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(1))
+    answer, cpu = decode_timed(data)
+    assert isinstance(answer, UndecodableImage) and answer.status == 422
+    assert "more than 32 scans" in answer.message and "baseline" in answer.message
+    assert loads == [] and cpu < 0.2
+
+
+def test_progressive_jpegs_as_libjpeg_writes_them_decode() -> None:
+    for mode in ("RGB", "L", "CMYK"):
+        data = encode(Image.new(mode, (64, 48)), "JPEG", progressive=True)
+        assert data.count(b"\xff\xda") >= 6  # several scans, under the limit
+        assert decode_image(data, POLICY).size == (64, 48)
+
+
+def test_scan_limit_is_the_policy_s() -> None:
+    data = encode(Image.new("RGB", (64, 48), RED), "JPEG", progressive=True)  # 10 scans
+    with pytest.raises(UndecodableImage, match="more than 9 scans"):
+        decode_image(data, ImagePolicy(max_jpeg_scans=9))
+    assert decode_image(data, ImagePolicy(max_jpeg_scans=10)).size == (64, 48)
+
+
+# The bombs found, each filling the size limit (or the pixel limit), and what each gets: refused
+# naming the cause, or (None) decoded or refused for its CPU, depending on the machine's speed.
+BOMBS = {
+    "jpeg-36mp-32-scans": (lambda: imagegen.progressive_jpeg_with_repeated_scan(6000, 23), None),
+    "png-million-text-chunks": (lambda: imagegen.png_with_many_chunks(FILL), "CPU"),
+    "png-million-unknown-chunks": (
+        lambda: imagegen.png_with_many_chunks(FILL, kind=b"abCd"),
+        "CPU",
+    ),
+    "png-iccp-repeated": (lambda: imagegen.png_with_repeated_iccp(FILL), "CPU"),
+    "png-ztxt-bomb": (lambda: imagegen.png_with_ztxt_bomb(FILL), "corrupt"),
+    "png-36mp-rgba16": (lambda: imagegen.png(6000, 6000, mode="rgba16"), "CPU"),
+    "gif-comment-blocks": (lambda: imagegen.gif_with_many_extensions(FILL), "CPU"),
+    "bmp-rle8-one-pixel-runs": (lambda: imagegen.bmp_rle8_single_pixel_runs(4000, 1300), "CPU"),
+}
+
+
+@pytest.mark.parametrize("name", BOMBS)
+def test_decode_bomb_is_answered_within_a_second_of_cpu(name: str) -> None:
+    make, refusal = BOMBS[name]
+    data = make()
+    assert len(data) <= LIMIT
+    answer, cpu = decode_timed(data)
+    assert cpu < CPU_LIMIT_S, f"{name}: {cpu:.2f} s of CPU"
+    if refusal is None:
+        assert isinstance(answer, Image.Image) or "CPU" in answer.message
+    else:
+        assert isinstance(answer, UndecodableImage) and answer.status == 422
+        assert refusal in answer.message
+
+
+def test_the_budget_is_what_refuses_a_slow_input() -> None:
+    data = imagegen.png_with_many_chunks(256 * 1024)  # ~20k chunks: cheap, but not free
+    assert decode_image(data, POLICY).size == (64, 64)
+    answer, _ = decode_timed(data, ImagePolicy(max_decode_cpu_s=0.005))
+    assert isinstance(answer, UndecodableImage) and "CPU" in answer.message
+
+
+@pytest.mark.parametrize("mode", ["rgb8", "rgba8", "grey16", "rgba16"])
+@pytest.mark.parametrize("side", [3000, 4500, 6000])
+def test_large_flat_pngs_decode_or_are_refused_within_a_second(mode: str, side: int) -> None:
+    # Tiny files, up to 36 M pixels: whether one fits the budget depends on the machine;
+    # that it is answered within the bound does not.
+    answer, cpu = decode_timed(imagegen.png(side, side, mode=mode))
+    assert cpu < CPU_LIMIT_S, f"{mode} {side}: {cpu:.2f} s"
+    if side <= 3000:
+        assert isinstance(answer, Image.Image) and answer.size == (side, side)
+    else:
+        assert isinstance(answer, Image.Image) or "CPU" in answer.message
+
+
+def test_a_large_jpeg_is_decoded_scaled_but_not_below_1024_pixels() -> None:
+    scaled = {
+        (6000, 6000): (1500, 1500),  # 1/4
+        (6000, 4000): (3000, 2000),  # 1/2: 1/4 would make the short side 1000
+        (2000, 1500): (2000, 1500),  # small enough: decoded as it is
+    }
+    for size, expected in scaled.items():
+        assert decode_image(encode(Image.new("RGB", size, RED), "JPEG"), POLICY).size == expected
+
+
+def test_an_oversized_exif_block_is_ignored_not_parsed() -> None:
+    answer, cpu = decode_timed(imagegen.png_with_exif_bomb())
+    assert isinstance(answer, Image.Image) and answer.size == (64, 64)
+    assert cpu < 0.1
+
+
+def test_truncated_images_stay_refused() -> None:
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    for fmt in ("PNG", "GIF", "WEBP", "BMP"):
+        data = encode(Image.effect_noise((64, 64), 50).convert("RGB"), fmt)
+        with pytest.raises(UndecodableImage):
+            decode_image(data[: len(data) * 2 // 3], POLICY)
 
 
 # --- fuzzing ----------------------------------------------------------------------------------
