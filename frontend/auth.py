@@ -1,73 +1,60 @@
 """Google ID tokens for calling a private Cloud Run backend (BACKEND_AUTH=id_token).
 
-On Cloud Run, google-auth gets the token from the metadata server as the service's own
-account; elsewhere from GOOGLE_APPLICATION_CREDENTIALS (a service account key).
+google-auth does all of it: `fetch_id_token_credentials` finds the credentials (on Cloud Run
+the metadata server, as the service's own account; elsewhere GOOGLE_APPLICATION_CREDENTIALS,
+a service account key), and `AuthorizedSession` puts the token on each request, fetching a
+new one shortly before the current one expires (google-auth's refresh threshold) and once
+more if the backend answers 401.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
-import time
-from collections.abc import Callable
 
-# Google's ID tokens live an hour; one is reused until this close to its expiry.
-_REFRESH_MARGIN_S = 300
-_UNKNOWN_EXPIRY_REUSE_S = 300
+import google.auth.exceptions
+import requests
+from google.auth.transport.requests import AuthorizedSession, Request
+from google.oauth2 import id_token
 
 
 class TokenError(Exception):
     """No ID token could be had; the text says why."""
 
 
-def fetch_google_id_token(audience: str) -> str:
-    """A fresh ID token for `audience` from google-auth."""
-    import google.auth.exceptions
-    from google.auth.transport.requests import Request
-    from google.oauth2 import id_token
+class IdTokenSessions:
+    """HTTP sessions that send a Google ID token for one audience.
 
-    try:
-        return id_token.fetch_id_token(Request(), audience)
-    except google.auth.exceptions.GoogleAuthError as exc:
-        raise TokenError(str(exc) or type(exc).__name__) from None
-
-
-class CachedIdTokens:
-    """A token source (audience -> token) that reuses each token until near its expiry.
-
-    Fetching costs a call to the metadata server; a page makes a few backend calls per
-    interaction, so tokens are kept. Thread-safe: Streamlit runs sessions on threads.
+    One per process and audience: the credentials, and so the token they hold, are shared by
+    every browser session and thread (Streamlit runs sessions on threads), so a token is
+    fetched once an hour, not once per request.
     """
 
-    def __init__(
-        self,
-        fetch: Callable[[str], str] = fetch_google_id_token,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._fetch = fetch
-        self._clock = clock
+    def __init__(self, audience: str) -> None:
+        self.audience = audience
         self._lock = threading.Lock()
-        self._tokens: dict[str, tuple[str, float]] = {}  # audience -> (token, refresh at)
+        self._credentials: google.auth.credentials.Credentials | None = None
 
-    def __call__(self, audience: str) -> str:
+    def __call__(self) -> requests.Session:
+        """A new session carrying the shared credentials; raises TokenError if none exist."""
+        return AuthorizedSession(self._shared_credentials())
+
+    def _shared_credentials(self) -> google.auth.credentials.Credentials:
         with self._lock:
-            cached = self._tokens.get(audience)
-            now = self._clock()
-            if cached is not None and now < cached[1]:
-                return cached[0]
-            token = self._fetch(audience)
-            expiry = _expiry(token)
-            refresh_at = expiry - _REFRESH_MARGIN_S if expiry else now + _UNKNOWN_EXPIRY_REUSE_S
-            self._tokens[audience] = (token, refresh_at)
-            return token
+            if self._credentials is None:
+                try:
+                    self._credentials = id_token.fetch_id_token_credentials(
+                        self.audience, request=Request()
+                    )
+                except google.auth.exceptions.GoogleAuthError as exc:
+                    # Not kept: once credentials are provided, the next call finds them.
+                    raise TokenError(_reason(exc)) from None
+            return self._credentials
 
 
-def _expiry(token: str) -> float | None:
-    """The `exp` claim of a JWT, read without verifying it (the backend's side verifies)."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(claims["exp"])
-    except (IndexError, ValueError, KeyError, TypeError):
-        return None
+def _reason(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+# What a call through an IdTokenSessions session may raise about the token itself: no
+# credentials, or a refresh that failed (google-auth's RefreshError, TransportError).
+AUTH_ERRORS = (TokenError, google.auth.exceptions.GoogleAuthError)

@@ -17,8 +17,10 @@ from urllib.parse import quote
 import requests
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
-# audience -> a Google-signed ID token (see frontend/auth.py); raises auth.TokenError.
-TokenSource = Callable[[str], str]
+from frontend.auth import AUTH_ERRORS
+
+# A new HTTP session per call: plain requests, or one that sends an ID token (frontend/auth.py).
+SessionFactory = Callable[[], requests.Session]
 
 MAX_RESPONSE_BYTES = 1024 * 1024  # a prediction or a model list is a few KB
 _CHUNK = 64 * 1024
@@ -83,26 +85,21 @@ class Prediction:
 
 
 class BackendClient:
-    """Calls one backend (SERVING_URL) or API gateway (API_GATEWAY, `path_routing=True`)."""
+    """Calls one backend or API gateway (SERVING_URL / API_GATEWAY); both route by path."""
 
     def __init__(
         self,
         base_url: str,
         *,
-        path_routing: bool = False,
         timeout_s: float = 60.0,
         connect_timeout_s: float = 5.0,
-        token_source: TokenSource | None = None,
-        audience: str | None = None,
+        sessions: SessionFactory | None = None,  # None: plain requests sessions
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.path_routing = path_routing
         self.timeout_s = timeout_s
         self.connect_timeout_s = min(connect_timeout_s, timeout_s)
-        self.token_source = token_source
-        # Cloud Run checks that an ID token's audience is the service's own URL.
-        self.audience = audience or self.base_url
+        self.sessions = sessions or requests.Session
         self.max_response_bytes = max_response_bytes
 
     # --- the backend's routes -------------------------------------------------------------
@@ -121,47 +118,36 @@ class BackendClient:
             raise BackendFailed("The backend's model metadata is not a JSON object.")
         return body
 
-    def predict_url(self, url: str, *, model: str | None = None, top_k: int = 5) -> Prediction:
-        """Classify the image at `url` (the backend downloads it)."""
+    def predict_url(self, url: str, *, model: str, top_k: int = 5) -> Prediction:
+        """Classify the image at `url` (the backend downloads it) with `model`."""
         payload: dict[str, Any] = {"url": url, "top_k": top_k}
-        if model and not self.path_routing:
-            payload["model"] = model
-        return _prediction(self._call("POST", self._predict_path(model), json=payload))
+        return _prediction(self._call("POST", _predict_path(model), json=payload))
 
     def predict_image(
         self,
         data: bytes,
         *,
+        model: str,
         filename: str = "image",
         content_type: str = "application/octet-stream",
-        model: str | None = None,
         top_k: int = 5,
     ) -> Prediction:
-        """Classify uploaded image bytes (multipart field `image`)."""
-        form: dict[str, str] = {"top_k": str(top_k)}
-        if model and not self.path_routing:
-            form["model"] = model
+        """Classify uploaded image bytes (multipart field `image`) with `model`."""
+        form = {"top_k": str(top_k)}
         files = {"image": (filename, data, content_type)}
-        return _prediction(self._call("POST", self._predict_path(model), data=form, files=files))
-
-    def _predict_path(self, model: str | None) -> str:
-        if not self.path_routing:
-            return "/predict"  # the model travels in the body; None: the backend's default
-        if not model:
-            raise ValueError("a gateway routes by model: pass the model id")
-        return f"/model/{quote(model, safe='')}/predict"
+        return _prediction(self._call("POST", _predict_path(model), data=form, files=files))
 
     # --- one bounded call -------------------------------------------------------------------
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """The JSON body of a 2xx answer; every other outcome raises a BackendError."""
         deadline = time.monotonic() + self.timeout_s
-        headers = {"Accept": "application/json", **self._auth_headers()}
+        headers = {"Accept": "application/json"}
         try:
             # requests' read timeout bounds each wait for bytes, not the whole answer; the
             # deadline checked while reading the body bounds the total.
             with (
-                requests.Session() as session,
+                self.sessions() as session,
                 session.request(
                     method,
                     self.base_url + path,
@@ -183,6 +169,10 @@ class BackendClient:
             ) from None
         except (requests.exceptions.RequestException, HTTPError):
             raise self._unreachable() from None
+        except AUTH_ERRORS as exc:  # no credentials, or google-auth could not refresh the token
+            raise BackendAuthError(
+                f"This page could not get a Google ID token to call the private backend: {exc}"
+            ) from None
 
         if not 200 <= response.status_code < 300:
             raise _error_for(response.status_code, raw, path)
@@ -204,23 +194,17 @@ class BackendClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _auth_headers(self) -> dict[str, str]:
-        if self.token_source is None:
-            return {}
-        from frontend.auth import TokenError
-
-        try:
-            token = self.token_source(self.audience)
-        except TokenError as exc:
-            raise BackendAuthError(
-                f"This page could not get a Google ID token to call the private backend: {exc}"
-            ) from None
-        return {"Authorization": f"Bearer {token}"}
-
     def _unreachable(self) -> BackendUnavailable:
         return BackendUnavailable(
             f"Cannot reach the backend at {self.base_url}: it is down or the address is wrong."
         )
+
+
+def _predict_path(model: str) -> str:
+    # Every backend serves /model/<id>/predict, and the v3 gateway serves nothing else.
+    if not model:
+        raise ValueError("a prediction needs a model id (the first of GET /models by default)")
+    return f"/model/{quote(model, safe='')}/predict"
 
 
 class _DeadlineExceeded(Exception):

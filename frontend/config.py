@@ -1,13 +1,18 @@
 """The frontend's one settings object, read from the environment and validated at start.
 
-Modes:
-- ``v1``: one model, the backend's default; no picker.
-- ``v2``: a model picker; the choice lives in the browser session and goes with each request.
-- ``v3``: an API gateway; models are listed by its ``GET /models`` and each prediction goes
-  to ``/model/<id>/predict``.
-- ``auto`` (the default with SERVING_URL): the picker appears when the backend serves more
-  than one model, so the same image works as frontend_v1 and frontend_v2 with only
-  SERVING_URL set, as the deployment scripts do.
+The page needs to know where the backend is and whether to offer a model picker; everything
+else it learns from the backend's model list (`GET /models`, the default first):
+- ``MODEL_PICKER=auto`` (the default): a picker, and the compare view, when the backend lists
+  more than one model; one backend image and one page serve v1, v2 and v3 alike.
+- ``on``: always a picker (and the compare view with more than one model).
+- ``off``: no picker: every request goes to the backend's default model.
+
+Every prediction goes to ``/model/<id>/predict``, which a v1 or v2 backend and the v3 gateway
+all serve, so nothing depends on which of them answers.
+
+``FRONTEND_MODE`` is the older setting the deployment scripts still pass: ``v1`` means
+``MODEL_PICKER=off``, ``v2`` ``on``, ``v3`` ``on`` with the URL from ``API_GATEWAY``,
+``auto`` ``auto``. ``MODEL_PICKER``, when set, wins.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-MODES = ("auto", "v1", "v2", "v3")
+PICKER_MODES = ("auto", "on", "off")
+# FRONTEND_MODE (older) -> MODEL_PICKER
+LEGACY_MODES = {"v1": "off", "v2": "on", "v3": "on", "auto": "auto"}
 AUTH_MODES = ("none", "id_token")
 
 
@@ -27,48 +34,67 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    """Where the backend is, how to talk to it, and which page to show."""
+    """Where the backend is, how to talk to it, and whether to offer a model picker."""
 
-    mode: str
-    base_url: str  # SERVING_URL (v1, v2, auto) or API_GATEWAY (v3), without a trailing "/"
+    base_url: str  # SERVING_URL or API_GATEWAY, without a trailing "/"
+    picker: str = "auto"
     auth: str = "none"
     audience: str | None = None  # ID token audience; None: the base URL (a Cloud Run service)
     timeout_s: float = 60.0  # long enough for a backend cold start, when Cloud Run holds requests
     connect_timeout_s: float = 5.0
 
-    @property
-    def path_routing(self) -> bool:
-        """Whether predictions go to /model/<id>/predict (the gateway) rather than /predict."""
-        return self.mode == "v3"
+    def shows_picker(self, models: list[str]) -> bool:
+        """Whether the page offers a choice among `models` (the backend's list)."""
+        return self.picker == "on" or (self.picker == "auto" and len(models) > 1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FrontendConfig:
         env = os.environ if env is None else env
-        serving_url = env.get("SERVING_URL", "").strip()
-        gateway = env.get("API_GATEWAY", "").strip()
         mode = env.get("FRONTEND_MODE", "").strip().lower()
-        if not mode:
-            mode = "v3" if gateway and not serving_url else "auto"
-        if mode not in MODES:
-            raise ConfigError(f"FRONTEND_MODE={mode!r} is not one of {', '.join(MODES)}")
+        if mode and mode not in LEGACY_MODES:
+            raise ConfigError(
+                f"FRONTEND_MODE={mode!r} is not one of {', '.join(LEGACY_MODES)} "
+                "(an older setting; MODEL_PICKER=auto|on|off replaces it)"
+            )
+        picker = env.get("MODEL_PICKER", "").strip().lower() or LEGACY_MODES.get(mode, "auto")
+        if picker not in PICKER_MODES:
+            raise ConfigError(f"MODEL_PICKER={picker!r} is not one of {', '.join(PICKER_MODES)}")
 
-        name, url = ("API_GATEWAY", gateway) if mode == "v3" else ("SERVING_URL", serving_url)
-        if not url:
-            hint = "the API gateway's URL" if mode == "v3" else "the backend's URL"
-            raise ConfigError(f"{name} is not set: set it to {hint}, e.g. https://....run.app")
+        name, url = _base_url(env, gateway_only=mode == "v3")
         _check_base_url(name, url)
 
         auth = env.get("BACKEND_AUTH", "none").strip().lower() or "none"
         if auth not in AUTH_MODES:
             raise ConfigError(f"BACKEND_AUTH={auth!r} is not one of {', '.join(AUTH_MODES)}")
         return cls(
-            mode=mode,
             base_url=url.rstrip("/"),
+            picker=picker,
             auth=auth,
             audience=env.get("BACKEND_AUDIENCE", "").strip() or None,
             timeout_s=_positive(env, "BACKEND_TIMEOUT_S", cls.timeout_s),
             connect_timeout_s=_positive(env, "BACKEND_CONNECT_TIMEOUT_S", cls.connect_timeout_s),
         )
+
+
+def _base_url(env: Mapping[str, str], *, gateway_only: bool) -> tuple[str, str]:
+    """(variable, URL): SERVING_URL, else API_GATEWAY (what the v3 deployment sets)."""
+    serving_url = env.get("SERVING_URL", "").strip()
+    gateway = env.get("API_GATEWAY", "").strip()
+    if gateway_only:  # FRONTEND_MODE=v3 always meant the gateway
+        if not gateway:
+            raise ConfigError(
+                "API_GATEWAY is not set: FRONTEND_MODE=v3 calls the API gateway; set it to "
+                "the gateway's URL, e.g. https://....gateway.dev"
+            )
+        return "API_GATEWAY", gateway
+    if serving_url:
+        return "SERVING_URL", serving_url
+    if gateway:
+        return "API_GATEWAY", gateway
+    raise ConfigError(
+        "SERVING_URL is not set: set it to the backend's (or the API gateway's) URL, "
+        "e.g. https://....run.app"
+    )
 
 
 def _check_base_url(name: str, url: str) -> None:

@@ -14,6 +14,7 @@ CONFIG_VARS = (
     "SERVING_URL",
     "API_GATEWAY",
     "FRONTEND_MODE",
+    "MODEL_PICKER",
     "BACKEND_AUTH",
     "BACKEND_AUDIENCE",
     "BACKEND_TIMEOUT_S",
@@ -45,15 +46,54 @@ def classify_upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
     return at.button(key="classify_upload").click().run()
 
 
+def classify_example(at: AppTest, key: str) -> AppTest:
+    """One click on an example photo's button (`chelsea`, `coffee`, ...)."""
+    return at.button(key=f"example_{key}").click().run()
+
+
+def take_photo(at: AppTest, data: bytes) -> AppTest:
+    """Turn the camera on, take a photo (these bytes) and classify it."""
+    at.toggle(key="camera_on").set_value(True).run()
+    at.camera_input(key="camera").set_value(("photo.jpg", data, "image/jpeg"))
+    at.run()
+    return at.button(key="classify_camera").click().run()
+
+
+def compare_all(at: AppTest) -> AppTest:
+    return at.toggle(key="compare").set_value(True).run()
+
+
+def card(at: AppTest, model: str) -> dict[str, list[str]] | None:
+    """What the compare view shows for `model` once it answered: markdown, captions, errors."""
+    try:
+        block = at.get_by_key(f"result_{model}")
+    except KeyError:
+        return None
+    return {
+        kind: [e.value for e in block.children.values() if e.type == kind]
+        for kind in ("markdown", "caption", "error", "warning")
+    }
+
+
+def compare_rows(at: AppTest) -> list[tuple[str, str, float]]:
+    """(model, label, probability) rows of the compare chart, in the order drawn."""
+    frame = _chart_frame(at)
+    return list(zip(frame["model"], frame["label"], frame["probability"], strict=True))
+
+
+def _chart_frame(at: AppTest):
+    (chart,) = at.get("vega_lite_chart")  # the page draws one chart: top-k or compare
+    (dataset,) = chart.proto.datasets
+    return dataframe_util.convert_arrow_bytes_to_pandas_df(dataset.data.data)
+
+
 def texts(elements) -> list[str]:
     return [e.value for e in elements]
 
 
 def chart_rows(at: AppTest) -> list[tuple[str, float]]:
     """(label, probability) rows of the top-k chart, in the order drawn."""
-    (chart,) = at.get("vega_lite_chart")
-    (dataset,) = chart.proto.datasets
-    frame = dataframe_util.convert_arrow_bytes_to_pandas_df(dataset.data.data)
+    frame = _chart_frame(at)
     return list(zip(frame["label"], frame["probability"], strict=True))
 
 
@@ -66,5 +106,8 @@ def shown_model(at: AppTest) -> str | None:
 
 
 def shown_images(at: AppTest) -> list:
-    """What each image element shows (a list of URLs or media URLs per element)."""
-    return [image.value for image in at.get("image")]
+    """What each result image shows (a list of URLs or media URLs per element).
+
+    Not the example photos' thumbnails: those are inside the input tabs."""
+    thumbnails = {id(image) for tab in at.tabs for image in tab.get("image")}
+    return [image.value for image in at.get("image") if id(image) not in thumbnails]

@@ -170,3 +170,66 @@ def gateway(backend_url: str) -> ScriptedServer:
         return Reply(answer.status_code, answer.content, answer.headers["Content-Type"])
 
     return ScriptedServer(forward)
+
+
+@dataclass
+class TokenEndpoint:
+    """A stand-in for Google's OAuth token endpoint, and a service account key that uses it.
+
+    google-auth's own service-account code runs against it: it signs a JWT assertion with the
+    key, POSTs it to `token_uri`, and reads the ID token (a JWT whose `exp` is
+    `lifetime_s` from now) from the answer. `issued` lists the tokens given out.
+    """
+
+    lifetime_s: float = 3600
+    issued: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from google.auth import crypt
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.private_key = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        self._signer = crypt.RSASigner.from_string(self.private_key, key_id="test-key")
+        self.server = ScriptedServer(self._grant)
+
+    def _grant(self, received: Received) -> Reply:
+        from google.auth import jwt
+
+        if (received.method, received.path) != ("POST", "/token"):
+            return Reply(404)
+        now = int(time.time())
+        claims = {"iss": "https://accounts.google.com", "iat": now}
+        claims["exp"] = now + int(self.lifetime_s)
+        token = jwt.encode(self._signer, {**claims, "n": len(self.issued)}).decode()
+        self.issued.append(token)
+        return json_reply({"id_token": token})
+
+    def key_file(self, path) -> str:
+        """Writes a service account key pointing at this endpoint; returns its path."""
+        path.write_text(
+            json.dumps(
+                {
+                    "type": "service_account",
+                    "project_id": "test-project",
+                    "private_key_id": "test-key",
+                    "private_key": self.private_key,
+                    "client_email": "frontend@test-project.iam.gserviceaccount.com",
+                    "client_id": "1",
+                    "token_uri": f"{self.server.url}/token",
+                }
+            )
+        )
+        return str(path)
+
+    def __enter__(self) -> TokenEndpoint:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.__exit__(*exc)

@@ -1,19 +1,19 @@
-"""The frontend's settings, input checks, ID token cache and start command."""
+"""The frontend's settings, input checks, example photos and start command."""
 
 from __future__ import annotations
 
 import ast
-import base64
-import json
+import re
 import subprocess
 import sys
 
 import pytest
 import requests
+from PIL import Image
 
 from frontend.__main__ import streamlit_command
-from frontend.auth import CachedIdTokens
 from frontend.config import ConfigError, FrontendConfig
+from frontend.examples import DIRECTORY, EXAMPLES
 from frontend.inputs import MAX_UPLOAD_BYTES, InvalidInput, check_image_url, check_upload
 from tests.backend_process import ROOT
 from tests.frontend_process import start_frontend
@@ -22,24 +22,46 @@ from tests.frontend_process import start_frontend
 
 
 @pytest.mark.parametrize(
-    ("env", "mode", "base_url"),
+    ("env", "picker", "base_url"),
     [
         ({"SERVING_URL": "https://backend-v1.run.app/"}, "auto", "https://backend-v1.run.app"),
-        ({"SERVING_URL": "http://b:8080", "FRONTEND_MODE": "V2"}, "v2", "http://b:8080"),
-        ({"API_GATEWAY": "https://gw.example.com"}, "v3", "https://gw.example.com"),
+        ({"SERVING_URL": "http://b:8080", "MODEL_PICKER": "On"}, "on", "http://b:8080"),
+        ({"SERVING_URL": "http://b:8080", "MODEL_PICKER": "off"}, "off", "http://b:8080"),
+        ({"API_GATEWAY": "https://gw.example.com"}, "auto", "https://gw.example.com"),
+        ({"API_GATEWAY": "https://gw", "SERVING_URL": "https://b"}, "auto", "https://b"),
+        # FRONTEND_MODE, the older setting the deployment scripts pass, still means the same.
+        ({"SERVING_URL": "https://b", "FRONTEND_MODE": "v1"}, "off", "https://b"),
+        ({"SERVING_URL": "http://b:8080", "FRONTEND_MODE": "V2"}, "on", "http://b:8080"),
+        ({"SERVING_URL": "https://b", "FRONTEND_MODE": "auto"}, "auto", "https://b"),
         (
             {"API_GATEWAY": "https://gw", "SERVING_URL": "https://b", "FRONTEND_MODE": "v3"},
-            "v3",
+            "on",
             "https://gw",
         ),
-        ({"API_GATEWAY": "https://gw", "SERVING_URL": "https://b"}, "auto", "https://b"),
+        (
+            {"SERVING_URL": "https://b", "FRONTEND_MODE": "v1", "MODEL_PICKER": "on"},
+            "on",
+            "https://b",
+        ),
     ],
 )
-def test_mode_and_url_come_from_the_environment(env, mode, base_url):
+def test_picker_and_url_come_from_the_environment(env, picker, base_url):
     config = FrontendConfig.from_env(env)
-    assert (config.mode, config.base_url) == (mode, base_url)
-    assert config.path_routing is (mode == "v3")
+    assert (config.picker, config.base_url) == (picker, base_url)
     assert config.auth == "none"
+
+
+@pytest.mark.parametrize(
+    ("picker", "models", "shown"),
+    [
+        ("auto", ["resnet152"], False),
+        ("auto", ["resnet152", "vgg16"], True),
+        ("on", ["resnet152"], True),
+        ("off", ["resnet152", "vgg16"], False),
+    ],
+)
+def test_the_picker_follows_the_setting_and_the_model_list(picker, models, shown):
+    assert FrontendConfig("https://b", picker=picker).shows_picker(models) is shown
 
 
 @pytest.mark.parametrize(
@@ -50,6 +72,8 @@ def test_mode_and_url_come_from_the_environment(env, mode, base_url):
         ({"FRONTEND_MODE": "v3", "SERVING_URL": "https://b"}, "API_GATEWAY is not set"),
         ({"SERVING_URL": "backend:8080"}, "SERVING_URL='backend:8080' is not an http(s) URL"),
         ({"SERVING_URL": "https://b", "FRONTEND_MODE": "v9"}, "FRONTEND_MODE='v9'"),
+        ({"SERVING_URL": "https://b", "FRONTEND_MODE": "v9"}, "MODEL_PICKER=auto|on|off"),
+        ({"SERVING_URL": "https://b", "MODEL_PICKER": "yes"}, "MODEL_PICKER='yes'"),
         ({"SERVING_URL": "https://b", "BACKEND_AUTH": "oauth"}, "BACKEND_AUTH='oauth'"),
         ({"SERVING_URL": "https://b", "BACKEND_TIMEOUT_S": "soon"}, "BACKEND_TIMEOUT_S='soon'"),
         ({"SERVING_URL": "https://b", "BACKEND_TIMEOUT_S": "0"}, "must be positive"),
@@ -100,50 +124,20 @@ def test_uploads_must_have_bytes_and_fit_the_backends_limit():
         check_upload(b"x" * (MAX_UPLOAD_BYTES + 1))
 
 
-# --- ID token cache ---------------------------------------------------------------------------
+# --- example photos -------------------------------------------------------------------------
 
 
-def jwt(exp: float) -> str:
-    payload = base64.urlsafe_b64encode(json.dumps({"exp": exp}).encode()).rstrip(b"=")
-    return f"header.{payload.decode()}.signature"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_token_is_reused_until_shortly_before_it_expires():
-    clock, fetched = Clock(), []
-
-    def fetch(audience: str) -> str:
-        fetched.append(audience)
-        return jwt(clock.now + 3600)
-
-    tokens = CachedIdTokens(fetch, clock)
-    first = tokens("https://b")
-    clock.now += 3000  # 10 minutes left: still good
-    assert tokens("https://b") == first
-    assert fetched == ["https://b"]
-    tokens("https://other")  # each audience has its own token
-    assert fetched == ["https://b", "https://other"]
-    clock.now += 400  # under 5 minutes left: refreshed
-    assert tokens("https://b") != first
-    assert fetched == ["https://b", "https://other", "https://b"]
-
-
-def test_a_token_without_a_readable_expiry_is_reused_briefly():
-    clock, fetched = Clock(), []
-    tokens = CachedIdTokens(lambda audience: fetched.append(audience) or "opaque", clock)
-    tokens("https://b")
-    clock.now += 200
-    tokens("https://b")
-    clock.now += 200
-    tokens("https://b")
-    assert len(fetched) == 2
+def test_every_example_is_a_small_photo_with_its_licence_stated():
+    licences = (DIRECTORY / "LICENSES.md").read_text()
+    shipped = sorted(p.name for p in DIRECTORY.glob("*.jpg"))
+    assert shipped == sorted(f"{e.key}.jpg" for e in EXAMPLES)  # none unlisted, none missing
+    for example in EXAMPLES:
+        row = next(line for line in licences.splitlines() if f"`{example.key}.jpg`" in line)
+        assert re.search(r"CC0|public domain", row), row
+        assert example.path.stat().st_size < 200_000  # small enough to keep in git
+        with Image.open(example.path) as image:
+            assert (image.format, image.mode) == ("JPEG", "RGB")
+            assert min(image.size) >= 224  # what the models look at
 
 
 # --- python -m frontend -------------------------------------------------------------------

@@ -20,7 +20,14 @@ from tests.frontend_page import (
     shown_model,
     texts,
 )
-from tests.frontend_servers import JPEG, Reply, ScriptedServer, error_reply, json_reply
+from tests.frontend_servers import (
+    JPEG,
+    Reply,
+    ScriptedServer,
+    TokenEndpoint,
+    error_reply,
+    json_reply,
+)
 
 IMAGE_URL = "https://images.example.com/cat.jpg"
 PREDICTION = {
@@ -56,7 +63,7 @@ def stub_backend(**replies: Reply) -> ScriptedServer:
         {
             ("GET", "/models"): replies.get("models", json_reply(["resnet152"])),
             ("GET", "/models/resnet152"): replies.get("meta", json_reply(META)),
-            ("POST", "/predict"): replies.get("predict", json_reply(PREDICTION)),
+            ("POST", "/model/resnet152/predict"): replies.get("predict", json_reply(PREDICTION)),
         }
     )
 
@@ -82,6 +89,14 @@ def test_v3_without_api_gateway_names_api_gateway(monkeypatch):
     at = open_page()
     assert not at.exception
     assert any("API_GATEWAY" in e for e in texts(at.error))
+
+
+def test_a_wrong_picker_setting_is_named(monkeypatch):
+    monkeypatch.setenv("SERVING_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("MODEL_PICKER", "sometimes")
+    at = open_page()
+    assert not at.exception
+    assert any("MODEL_PICKER='sometimes'" in e for e in texts(at.error))
 
 
 def test_a_wrong_mode_is_named(monkeypatch):
@@ -212,9 +227,9 @@ def test_a_backend_that_is_down_gets_a_plain_message(monkeypatch):
     at = open_page()
     assert not at.exception
     assert any("Cannot reach the backend" in e for e in texts(at.error))
-    at = classify_url(at, IMAGE_URL)  # trying anyway does not break the page
-    assert not at.exception
-    assert sum("Cannot reach the backend" in e for e in texts(at.error)) == 2
+    # Every request is routed by model id: without the list, nothing can be sent.
+    assert any("Nothing can be classified" in i for i in texts(at.info))
+    assert not at.text_input
 
 
 def test_a_slow_backend_gets_a_plain_message(monkeypatch):
@@ -260,6 +275,20 @@ def test_with_id_token_auth_a_missing_credential_is_explained(monkeypatch, tmp_p
         assert backend.requests == []  # nothing goes out without the token
 
 
+def test_with_id_token_auth_every_call_carries_one_google_id_token(monkeypatch, tmp_path):
+    with TokenEndpoint() as tokens, stub_backend() as backend:
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", tokens.key_file(tmp_path / "key"))
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        monkeypatch.setenv("BACKEND_AUTH", "id_token")
+        at = classify_url(open_page(), IMAGE_URL)
+        classify_url(open_page(), IMAGE_URL)  # another session of the same process
+    assert not at.exception
+    assert shown_model(at) == "resnet152"
+    (token,) = tokens.issued  # one token for the process, not one per call or per session
+    assert {r.headers["authorization"] for r in backend.requests} == {f"Bearer {token}"}
+    assert len(backend.requests) == 4  # list, metadata, and one prediction per session
+
+
 def test_the_model_list_is_cached_between_reruns(monkeypatch):
     with stub_backend() as backend:
         monkeypatch.setenv("SERVING_URL", backend.url)
@@ -274,7 +303,8 @@ def test_the_prediction_request_body(monkeypatch):
         monkeypatch.setenv("SERVING_URL", backend.url)
         classify_url(open_page(), f"  {IMAGE_URL} ")
         (sent,) = [r for r in backend.requests if r.method == "POST"]
-    # One model: v1 leaves the choice to the backend's default; the URL is sent trimmed.
+    # One model, by path (every backend serves /model/<id>/predict); the URL is sent trimmed.
+    assert sent.path == "/model/resnet152/predict"
     assert json.loads(sent.body) == {"url": IMAGE_URL, "top_k": 5}
 
 
@@ -297,11 +327,16 @@ def test_v3_with_the_gateway_down_says_so_and_offers_nothing_to_send(monkeypatch
 
 
 def test_v2_sends_the_sessions_choice_with_the_request(monkeypatch):
-    with stub_backend(models=json_reply(["resnet152", "vgg16"])) as backend:
+    with ScriptedServer(
+        {
+            ("GET", "/models"): json_reply(["resnet152", "vgg16"]),
+            ("POST", "/model/vgg16/predict"): json_reply({**PREDICTION, "model": "vgg16"}),
+        }
+    ) as backend:
         monkeypatch.setenv("SERVING_URL", backend.url)
-        monkeypatch.setenv("FRONTEND_MODE", "v2")
+        monkeypatch.setenv("MODEL_PICKER", "on")
         at = open_page()
         at.selectbox(key="model").select("vgg16").run()
         classify_url(at, IMAGE_URL)
         (sent,) = [r for r in backend.requests if r.method == "POST"]
-    assert json.loads(sent.body)["model"] == "vgg16"
+    assert sent.path == "/model/vgg16/predict"

@@ -1,0 +1,69 @@
+"""The four ways in: an image URL, an upload, the camera, an example photo.
+
+Each draws its widgets and returns a `Query` when the user asked for a classification (or
+raises InvalidInput saying what to fix); the page then asks one model or all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from frontend.client import BackendClient, Prediction
+from frontend.examples import EXAMPLES
+from frontend.inputs import UPLOAD_TYPES, check_image_url, check_upload
+
+
+@dataclass(frozen=True)
+class Query:
+    """One image to classify: a URL (the backend downloads it) or bytes (sent as a file)."""
+
+    image: str | bytes  # also what the page shows: the browser loads a URL itself
+    filename: str = "image"
+    content_type: str = "application/octet-stream"
+
+    def send(self, client: BackendClient, model: str) -> Prediction:
+        if isinstance(self.image, str):
+            return client.predict_url(self.image, model=model)
+        return client.predict_image(
+            self.image, model=model, filename=self.filename, content_type=self.content_type
+        )
+
+
+def url_form() -> Query | None:
+    with st.form("url_form", border=False):
+        text = st.text_input("Image URL", key="url", placeholder="https://example.com/cat.jpg")
+        if st.form_submit_button("Classify", key="classify_url", type="primary"):
+            return Query(check_image_url(text))
+    return None
+
+
+def upload_form() -> Query | None:
+    upload = st.file_uploader("Image file", type=list(UPLOAD_TYPES), key="upload")
+    if st.button("Classify upload", key="classify_upload", disabled=upload is None):
+        return Query(check_upload(upload.getvalue()), upload.name, upload.type)
+    return None
+
+
+def camera_form() -> Query | None:
+    # The browser asks for the camera only once the user turns it on, not on every visit.
+    if not st.toggle("Turn on the camera", key="camera_on"):
+        st.caption("Your browser will ask to use the camera. The photo goes to the backend only.")
+        return None
+    photo = st.camera_input("Take a photo", key="camera")
+    if st.button("Classify photo", key="classify_camera", disabled=photo is None):
+        return Query(check_upload(photo.getvalue()), "camera.jpg", photo.type)
+    return None
+
+
+def examples_form() -> Query | None:
+    st.caption("Public domain and CC0 photos that ship with this page: one click classifies one.")
+    asked = None
+    for column, example in zip(st.columns(len(EXAMPLES)), EXAMPLES, strict=True):
+        with column:
+            data = example.read()
+            st.image(data, width="stretch")
+            if st.button(example.title, key=f"example_{example.key}", width="stretch"):
+                asked = Query(data, f"{example.key}.jpg", "image/jpeg")
+    return asked
