@@ -18,6 +18,13 @@ What comes from libraries and why some of it is written here:
   `_check_url` already checked: one lookup, every answer checked, no rebinding window.
 - requests' timeouts bound each socket operation, so a body dripping a byte every half second
   never times out. `_Deadline` shuts the socket down when the whole download's time is up.
+- getaddrinfo takes no timeout, and an attacker's DNS server can stall it on every hop. Each
+  lookup (the system's or a policy's resolver) runs in a daemon thread that the request waits
+  for only until the deadline (`_resolve_within`); at most `_MAX_LOOKUPS` run at once, so
+  stalled lookups cannot pile up threads. Not concurrent.futures: its worker threads are joined
+  at interpreter exit, so one stalled lookup would hold a stopping worker past Cloud Run's 10 s.
+- The connection goes to the checked addresses in the resolver's order: if one refuses or does
+  not answer in the connect timeout, the next is tried, within the same deadline.
 - Redirects are followed here, not by requests, so each hop gets the same checks as the first.
 - Hosts are checked on the URL as requests itself parses it, and spellings such as `0x7f.1` or
   `2130706433`, which the C resolver (inet_aton) reads as 127.0.0.1, are refused outright.
@@ -61,12 +68,16 @@ Resolver = Callable[[str, int], list[str]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_MAX_LOOKUPS = 32  # DNS lookups in flight at once, across all requests of the process
+_lookup_slots = threading.BoundedSemaphore(_MAX_LOOKUPS)
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK = 64 * 1024
-# Deprecated IPv6 forms Python still calls global: IPv4-compatible (::a.b.c.d) and site-local.
+# Deprecated IPv6 forms Python still calls global: IPv4-compatible (::a.b.c.d) and site-local;
+# IPv4-translated (::ffff:0:a.b.c.d, SIIT): the metadata server is ::ffff:0:a9fe:a9fe.
 _BLOCKED_NETWORKS = (
     *EXTRA_BLOCKED_NET_RANGES,
     ipaddress.ip_network("::/96"),
+    ipaddress.ip_network("::ffff:0:0:0/96"),
     ipaddress.ip_network("fec0::/10"),
 )
 # Refused whatever they resolve to: *.internal is Google Cloud's internal DNS (the metadata
@@ -123,10 +134,9 @@ def fetch_url(url: object, policy: FetchPolicy) -> FetchedBody:
     current = url.strip()
     with _Deadline(policy.total_timeout_s) as deadline:
         for _ in range(policy.max_redirects + 1):
-            target = _check_url(current, policy)
-            adapter = _PinnedAdapter(target)
+            target = _check_url(current, policy, deadline)
+            response, adapter = _connect_and_send(target, policy, deadline)
             try:
-                response = _send(adapter, target, policy, deadline)
                 with contextlib.closing(response):
                     location = _redirect_location(response)
                     if location is None:
@@ -148,14 +158,14 @@ class _Target:
     scheme: str
     hostname: str  # as in the URL, without IPv6 brackets: Host header, SNI, certificate check
     port: int
-    address: str
+    addresses: tuple[str, ...]  # every one checked; connected to in this order
 
 
 def _refuse(reason: str) -> UrlNotAllowed:
     return UrlNotAllowed(f"this URL is not allowed: {reason}")
 
 
-def _check_url(url: str, policy: FetchPolicy) -> _Target:
+def _check_url(url: str, policy: FetchPolicy, deadline: _Deadline) -> _Target:
     """Return where `url` may be fetched from, or raise UrlNotAllowed; no connection is made."""
     if len(url) > policy.max_url_length:
         raise _refuse(f"longer than {policy.max_url_length} characters")
@@ -184,11 +194,14 @@ def _check_url(url: str, policy: FetchPolicy) -> _Target:
     port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
     if port not in policy.allowed_ports:
         raise _refuse(f"port {port} is not allowed")
-    addresses = _addresses_of(hostname, port, policy)
-    return _Target(prepared.url, parsed.scheme, hostname, port, str(addresses[0]))
+    addresses = _addresses_of(hostname, port, policy, deadline)
+    unique = tuple(dict.fromkeys(str(address) for address in addresses))
+    return _Target(prepared.url, parsed.scheme, hostname, port, unique)
 
 
-def _addresses_of(hostname: str, port: int, policy: FetchPolicy) -> list[IPAddress]:
+def _addresses_of(
+    hostname: str, port: int, policy: FetchPolicy, deadline: _Deadline
+) -> list[IPAddress]:
     """Return the host's addresses if every one of them may be connected to."""
     literal = _ip_literal(hostname)
     if literal is not None:
@@ -198,7 +211,8 @@ def _addresses_of(hostname: str, port: int, policy: FetchPolicy) -> list[IPAddre
     _check_name(hostname, policy)
     resolve = policy.resolver or _system_resolver
     try:
-        answers = [ipaddress.ip_address(answer) for answer in resolve(hostname, port)]
+        found = _resolve_within(resolve, hostname, port, deadline)
+        answers = [ipaddress.ip_address(answer) for answer in found]
     except (OSError, UnicodeError) as exc:
         raise UpstreamError(f"cannot resolve the host {hostname}") from exc
     except ValueError as exc:
@@ -246,15 +260,69 @@ def _is_forbidden(address: IPAddress, allow_loopback: bool) -> bool:
         return False
     return (
         not address.is_global
+        or address.is_reserved
         or address.is_multicast
         or any(address in network for network in _BLOCKED_NETWORKS)
     )
+
+
+def _resolve_within(resolve: Resolver, hostname: str, port: int, deadline: _Deadline) -> list[str]:
+    """`resolve(hostname, port)`, or UpstreamTimeout if it has not answered by the deadline."""
+    timed_out = UpstreamTimeout(f"the host name {hostname} did not resolve in time")
+    if not _lookup_slots.acquire(timeout=deadline.remaining()):
+        raise timed_out  # every slot is held by a lookup that has not answered
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome.append(resolve(hostname, port))
+        except BaseException as exc:  # noqa: BLE001  # handed to the waiting request, re-raised there
+            outcome.append(exc)
+        finally:
+            _lookup_slots.release()
+            done.set()
+
+    # A daemon thread: one the resolver never lets go of must not hold up the process's exit.
+    threading.Thread(target=lookup, name=f"dns {hostname}", daemon=True).start()
+    if not done.wait(deadline.remaining()):
+        raise timed_out
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return list(result)
 
 
 def _system_resolver(hostname: str, port: int) -> list[str]:
     # The address family urllib3 would use, so an IPv4-only host is not pinned to IPv6.
     infos = socket.getaddrinfo(hostname, port, allowed_gai_family(), socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
+
+
+def _connect_and_send(
+    target: _Target, policy: FetchPolicy, deadline: _Deadline
+) -> tuple[requests.Response, _PinnedAdapter]:
+    """Send the request to the first of the target's addresses that takes the connection."""
+    for index, address in enumerate(target.addresses):
+        adapter = _PinnedAdapter(target, address)
+        try:
+            return _send(adapter, target, policy, deadline), adapter
+        except _ConnectFailed as failed:
+            adapter.close()
+            if index == len(target.addresses) - 1 or deadline.expired:
+                raise failed.error from failed.__cause__
+        except BaseException:
+            adapter.close()
+            raise
+    raise AssertionError("a checked target has at least one address")  # pragma: no cover
+
+
+class _ConnectFailed(Exception):
+    """No connection to this address: the next one may be tried. `error` is what to raise."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _send(
@@ -282,12 +350,28 @@ def _send(
             timeout=(min(policy.connect_timeout_s, remaining), remaining),
             verify=policy.ca_bundle or True,
         )
+    except requests.ConnectTimeout as exc:
+        raise _ConnectFailed(UpstreamTimeout("the image server did not answer in time")) from exc
     except requests.Timeout as exc:
         raise UpstreamTimeout("the image server did not answer in time") from exc
+    except requests.ConnectionError as exc:
+        failure = UpstreamError(f"cannot get the image from {target.hostname}")
+        if deadline.expired:
+            raise UpstreamTimeout("the image server did not answer in time") from exc
+        if _is_connect_failure(exc):
+            raise _ConnectFailed(failure) from exc
+        raise failure from exc
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         if deadline.expired:
             raise UpstreamTimeout("the image server did not answer in time") from exc
         raise UpstreamError(f"cannot get the image from {target.hostname}") from exc
+
+
+def _is_connect_failure(exc: requests.ConnectionError) -> bool:
+    """Whether no TCP connection was made (refused, unreachable), not a later failure."""
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the connection's error
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _redirect_location(response: requests.Response) -> str | None:
@@ -432,8 +516,9 @@ class _PinnedAdapter(HTTPAdapter):
     The URL inside the request is never used to choose where to connect.
     """
 
-    def __init__(self, target: _Target) -> None:
+    def __init__(self, target: _Target, address: str) -> None:
         self._target = target
+        self._address = address
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -450,7 +535,7 @@ class _PinnedAdapter(HTTPAdapter):
             request, verify, cert
         )
         target = self._target
-        host_params.update(scheme=target.scheme, host=target.address, port=target.port)
+        host_params.update(scheme=target.scheme, host=self._address, port=target.port)
         if target.scheme == "https":
             pool_kwargs["server_hostname"] = target.hostname
             pool_kwargs["assert_hostname"] = target.hostname

@@ -8,6 +8,7 @@ fetch_url cannot dial the metadata server or a "public" address a test pretends 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -135,6 +136,12 @@ BAD_URLS = [
     "http://[::ffff:169.254.169.254]/",
     "http://[fd00::1]/",
     "http://[64:ff9b::a9fe:a9fe]/",
+    "http://[::ffff:0:a9fe:a9fe]/",  # IPv4-translated (SIIT) metadata address
+    "http://[::ffff:0:7f00:1]/",
+    "http://[::a9fe:a9fe]/",  # IPv4-compatible
+    "http://240.0.0.1/",  # reserved (240/4)
+    "http://255.255.255.255/",
+    "http://[2001:db8::1]/",  # documentation
     "http://[fe80::1%25eth0]/",
     "file:///etc/passwd",
     "gopher://example.com:70/_GET",
@@ -199,6 +206,9 @@ def test_url_that_is_not_a_non_empty_string_is_a_bad_request(
         ["::ffff:10.0.0.1"],
         ["64:ff9b::a9fe:a9fe"],
         ["2002:a9fe:a9fe::1"],
+        ["::ffff:0:a9fe:a9fe"],
+        ["240.0.0.1"],
+        ["198.18.0.1"],
         [PUBLIC_IP, "10.0.0.1"],
         ["10.0.0.1", PUBLIC_IP],
         ["not-an-address"],
@@ -351,6 +361,167 @@ def test_each_redirect_hop_is_resolved_and_pinned_again(upstream: Upstream) -> N
     assert body.data == PNG_BYTES
     assert resolver.calls == ["images.example.com", "cdn.example.com"]
     assert upstream.requests[1].headers["Host"] == f"cdn.example.com:{upstream.port}"
+
+
+def test_connect_falls_back_to_the_next_checked_address(
+    upstream: Upstream, network: NetworkGuard
+) -> None:
+    # The first answer refuses the connection (the guard refuses any address but loopback).
+    resolver = resolving("images.example.com", PUBLIC_IP, "127.0.0.1")
+    url = upstream.url("/image.png", host="images.example.com")
+    body = fetch_url(url, loopback_policy(upstream, resolver=resolver))
+    assert body.data == PNG_BYTES
+    assert network.connects == [(PUBLIC_IP, upstream.port), ("127.0.0.1", upstream.port)]
+    assert resolver.calls == ["images.example.com"]  # one lookup: no rebinding window
+
+
+def test_every_address_refusing_is_an_upstream_error(network: NetworkGuard) -> None:
+    resolver = resolving("images.example.com", PUBLIC_IP, "93.184.215.15")
+    with pytest.raises(UpstreamError) as caught:
+        fetch_url("http://images.example.com/cat.png", FetchPolicy(resolver=resolver))
+    assert caught.value.status == 502
+    assert network.connects == [(PUBLIC_IP, 80), ("93.184.215.15", 80)]
+
+
+@hangs_if_broken
+def test_an_address_that_never_answers_falls_back_within_the_deadline(
+    upstream: Upstream,
+) -> None:
+    # A listener whose accept queue is full drops further SYNs: connect hangs until its timeout.
+    listener, fillers = _stalled_listener(upstream.port)
+    try:
+        # 127.0.0.2 is loopback too, but the test server listens on 127.0.0.1 only.
+        resolver = resolving("images.example.com", "127.0.0.2", "127.0.0.1")
+        policy = loopback_policy(upstream, resolver=resolver, connect_timeout_s=0.3)
+        started = time.monotonic()
+        body = fetch_url(upstream.url("/image.png", host="images.example.com"), policy)
+        assert body.data == PNG_BYTES
+        assert time.monotonic() - started < 1.5
+    finally:
+        for sock in [listener, *fillers]:
+            sock.close()
+
+
+def _stalled_listener(port: int) -> tuple[socket.socket, list[socket.socket]]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.2", port))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.2", port))
+        fillers.append(filler)
+    return listener, fillers
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+ipv6_loopback = pytest.mark.skipif(
+    not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1) to serve on"
+)
+
+
+@ipv6_loopback
+def test_ipv6_connection_is_pinned_to_the_checked_address(network: NetworkGuard) -> None:
+    with upstream_server(host="::1") as server:
+        resolver = StubResolver({"images.example.com": [["::1"], ["10.0.0.1"]]})
+        policy = loopback_policy(server, resolver=resolver)
+        body = fetch_url(server.url("/image.png", host="images.example.com"), policy)
+        assert body.data == PNG_BYTES
+        assert [address[:2] for address in network.connects] == [("::1", server.port)]
+        assert server.requests[0].headers["Host"] == f"images.example.com:{server.port}"
+        # and an IPv6 literal, as written in a URL
+        assert fetch_url(server.url("/image.jpg"), policy).data == JPEG_BYTES
+        assert server.requests[1].headers["Host"] == f"[::1]:{server.port}"
+
+
+# --- DNS inside the deadline --------------------------------------------------------------
+
+
+class SlowResolver(StubResolver):
+    """A stub resolver whose names in `slow` take `delay_s` to answer (an attacker's DNS)."""
+
+    def __init__(self, table: dict[str, list[list[str]]], slow: set[str], delay_s: float):
+        super().__init__(table)
+        self.slow, self.delay_s = slow, delay_s
+        self.released = threading.Event()
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        if host in self.slow:
+            self.released.wait(self.delay_s)
+        return super().__call__(host, port)
+
+
+@pytest.fixture
+def slow_resolver() -> Iterator[SlowResolver]:
+    resolver = SlowResolver(
+        {"slow.example.com": [["127.0.0.1"]], "images.example.com": [["127.0.0.1"]]},
+        slow={"slow.example.com"},
+        delay_s=4.0,
+    )
+    yield resolver
+    resolver.released.set()  # let the abandoned lookup thread end
+
+
+@hangs_if_broken
+def test_a_slow_resolver_is_cut_at_the_deadline(
+    upstream: Upstream, slow_resolver: SlowResolver
+) -> None:
+    policy = loopback_policy(upstream, resolver=slow_resolver, total_timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout, match="did not resolve in time"):
+        fetch_url(upstream.url("/image.png", host="slow.example.com"), policy)
+    assert 0.9 < time.monotonic() - started < 1.3
+    assert upstream.requests == []
+
+
+@hangs_if_broken
+def test_a_redirect_to_a_slow_name_is_cut_at_the_deadline(
+    upstream: Upstream, slow_resolver: SlowResolver
+) -> None:
+    target = upstream.url("/image.png", host="slow.example.com")
+    url = upstream.url(f"/redirect?to={quote(target, safe='')}", host="images.example.com")
+    policy = loopback_policy(upstream, resolver=slow_resolver, total_timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        fetch_url(url, policy)
+    assert 0.9 < time.monotonic() - started < 1.3
+    assert upstream.paths() == [f"/redirect?to={quote(target, safe='')}"]
+
+
+@hangs_if_broken
+def test_the_system_resolver_runs_under_the_deadline_too(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released = threading.Event()
+
+    def stalled_getaddrinfo(*args: Any, **kwargs: Any) -> list[Any]:
+        released.wait(4.0)
+        raise socket.gaierror(socket.EAI_AGAIN, "stalled")
+
+    monkeypatch.setattr(socket, "getaddrinfo", stalled_getaddrinfo)
+    policy = loopback_policy(upstream, resolver=None, total_timeout_s=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(UpstreamTimeout):
+            fetch_url(upstream.url("/image.png", host="images.example.com"), policy)
+        assert time.monotonic() - started < 1.3
+    finally:
+        released.set()
+
+
+def test_resolver_errors_still_come_out_typed(upstream: Upstream) -> None:
+    policy = loopback_policy(upstream, resolver=StubResolver({}))
+    with pytest.raises(UpstreamError, match="cannot resolve"):
+        fetch_url(upstream.url("/image.png", host="nowhere.example.com"), policy)
 
 
 # --- bounded downloads ----------------------------------------------------------------------

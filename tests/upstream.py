@@ -33,6 +33,7 @@ import contextlib
 import datetime
 import gzip
 import io
+import socket
 import ssl
 import sys
 import threading
@@ -75,7 +76,8 @@ class Upstream:
     def __init__(self, server: ThreadingHTTPServer, scheme: str) -> None:
         self._server = server
         self.scheme = scheme
-        self.host = "127.0.0.1"
+        address = server.server_address[0]
+        self.host = f"[{address}]" if ":" in str(address) else str(address)  # as in a URL
         self.port: int = server.server_address[1]
         self.requests: list[ReceivedRequest] = []
         self.drip_interval_s = 0.5
@@ -217,6 +219,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     upstream: Upstream
 
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
     def handle_error(self, request: object, client_address: object) -> None:
         # A client giving up on a stalling route is the point of the route, not an error.
         if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError | ssl.SSLError):
@@ -224,9 +230,11 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def upstream_server(tls: tuple[Path, Path] | None = None) -> Iterator[Upstream]:
-    """Run the scripted server on 127.0.0.1 (an ephemeral port) for the `with` block."""
-    server = _Server(("127.0.0.1", 0), _RequestHandler)
+def upstream_server(
+    tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1"
+) -> Iterator[Upstream]:
+    """Run the scripted server on `host` (127.0.0.1 or ::1; an ephemeral port) for the block."""
+    server = (_Server6 if ":" in host else _Server)((host, 0), _RequestHandler)
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
