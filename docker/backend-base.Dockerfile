@@ -120,6 +120,11 @@ ENV PYTHONPATH=/app \
     BUNDLES_DIR=/opt/bundles
 
 # A non-root user, named by number so the platform can tell it is not root without reading
-# /etc/passwd; it gets a home so libraries that want ~/.cache find a writable one.
-RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin app
+# /etc/passwd, with a writable HOME whatever sets it: its own home here, and /home itself made
+# writable (sticky, like /tmp) because Cloud Run's first-generation environment sets
+# HOME=/home, which is root's; libraries that keep state there (Streamlit's ~/.streamlit,
+# ~/.cache) would fail otherwise.
+RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin app \
+    && chmod 1777 /home
+ENV HOME=/home/app
 USER 10001:10001

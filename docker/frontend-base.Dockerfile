@@ -37,6 +37,11 @@ ENV PYTHONPATH=/app \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
 
 # A non-root user, named by number so the platform can tell it is not root without reading
-# /etc/passwd; it gets a home because Streamlit keeps its state under ~/.streamlit.
-RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin app
+# /etc/passwd, with a writable HOME whatever sets it: its own home here, and /home itself made
+# writable (sticky, like /tmp) because Cloud Run's first-generation environment sets
+# HOME=/home, which is root's; libraries that keep state there (Streamlit's ~/.streamlit,
+# ~/.cache) would fail otherwise.
+RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin app \
+    && chmod 1777 /home
+ENV HOME=/home/app
 USER 10001:10001
