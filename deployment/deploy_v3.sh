@@ -13,10 +13,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/cloud_run.sh"
 # project's environment, torch included, on the deploying machine just to print some JSON.
 PYTHON="${PYTHON:-python3}"
 CATALOG="${WEIGHTS_CATALOG:-${REPO_ROOT}/weights/catalog.toml}"
-# v3 runs the v2 backend image: its base bakes every v2 model, and MODELS=<id> makes each
-# service load only its own. One build serves all the services (no build per model), and the
-# v2 and v3 deployments of one build run identical bytes.
-V3_IMAGE=backend_v2
+# v3 runs one image per model, all from one build of deployment/cloudbuild_backend_v3.yaml
+# (tagged backend_v3): backend_v3_<id>, whose base bakes that model alone, so each service pulls
+# and stores its own model only.
+V3_BUILD=backend_v3
 V3_FRONTEND_IMAGE=frontend_v2  # one page for every version: FRONTEND_MODE picks its mode
 SPEC_DIR=""
 
@@ -27,15 +27,18 @@ Usage: deploy_v3.sh [--models SET_OR_IDS] [--build-id ID] [--with-frontend]
 
 For each model of SET_OR_IDS (default: v2; a set of weights/catalog.toml, model ids, or both,
 comma-separated): deploy Cloud Run service backend-v3-<id> in \$REGION from the image
-${V3_IMAGE}:<build id>, which bakes every v2 model, with MODELS=<id>; its size comes from
-\$BACKEND_V3_SIZES. The services refuse unauthenticated calls: only the gateway's service
-account \$GATEWAY_SERVICE_ACCOUNT (created if missing) may invoke them. Then render the
-routing table (deployment/gateway.py openapi) and publish it as a new config of API
-\$GATEWAY_API on gateway \$GATEWAY_ID in \$GATEWAY_REGION (creating the API and the gateway
-if missing), and print the gateway's URL.
+${V3_BUILD}_<id>:<build id>, which bakes that model alone (one build of
+deployment/cloudbuild_backend_v3.yaml holds every model's image: submit_build_${V3_BUILD}.sh);
+its size comes from \$BACKEND_V3_SIZES. The services refuse unauthenticated calls: only the
+gateway's service account \$GATEWAY_SERVICE_ACCOUNT (created if missing) may invoke them.
+Then render the routing table (deployment/gateway.py openapi) and publish it as a new config
+of API \$GATEWAY_API on gateway \$GATEWAY_ID in \$GATEWAY_REGION (creating the API and the
+gateway if missing), delete the API's configs that no gateway uses but the one the gateway
+served before (kept for a rollback), and print the gateway's URL.
 
-  --models SET_OR_IDS      models to serve, one service each (default: v2)
-  --build-id ID            run the ${V3_IMAGE} image of this build (default: the newest
+  --models SET_OR_IDS      models to serve, one service each (default: v2); each must
+                           have its image in the build
+  --build-id ID            run the images of this ${V3_BUILD} build (default: the newest
                            successful one)
   --with-frontend          also deploy frontend-v3 (FRONTEND_MODE=v3, API_GATEWAY=<gateway>)
   --frontend-build-id ID   its ${V3_FRONTEND_IMAGE} build (default: the newest successful one)
@@ -47,9 +50,9 @@ if missing), and print the gateway's URL.
 Creating an API config that uses a service account needs iam.serviceAccounts.actAs on it
 (Owner and Editor have it; otherwise roles/iam.serviceAccountUser). Needs python3 (3.11+).
 Settings come from deployment/config.env (or \$DEPLOY_CONFIG), overridable from the
-environment: PROJECT_ID, REGION, REPOSITORY, BACKEND_V3_SIZES, BACKEND_V3_DEFAULT_SIZE,
-BACKEND_THREADS, MAX_INSTANCES, GATEWAY_REGION, GATEWAY_API, GATEWAY_ID,
-GATEWAY_SERVICE_ACCOUNT, *_EXTRA_ENV; PYTHON (default: python3), WEIGHTS_CATALOG.
+environment: PROJECT_ID, REGION, REPOSITORY, BUILD_REGION, BACKEND_V3_SIZES,
+BACKEND_V3_DEFAULT_SIZE, BACKEND_THREADS, MAX_INSTANCES, GATEWAY_REGION, GATEWAY_API,
+GATEWAY_ID, GATEWAY_SERVICE_ACCOUNT, *_EXTRA_ENV; PYTHON (default: python3), WEIGHTS_CATALOG.
 USAGE
 }
 
@@ -127,19 +130,63 @@ deploy_model_backend() {
     --no-allow-unauthenticated
 }
 
-# image_of_build IMAGE BUILD_ID VAR: VAR=the URI of IMAGE from that build, else from its
-# newest successful build.
-image_of_build() {
-  local component="$1" build="$2" out="$3"
-  if [[ -z "${build}" ]]; then
-    latest_build_id "${component}" build
-    if [[ -z "${build}" ]]; then
-      die "no successful build of ${component} in project ${PROJECT_ID}:" \
-        "run deployment/submit_build_${component}.sh first"
+# build_or_latest NAME BUILD_ID VAR: VAR=BUILD_ID, or if empty the id of the newest
+# successful build tagged NAME (the Cloud Build files tag each build with their name).
+build_or_latest() {
+  # (No local may share the caller's variable name: it would take the value instead.)
+  local name="$1" found="$2" out="$3"
+  if [[ -z "${found}" ]]; then
+    latest_build_id "${name}" found
+    if [[ -z "${found}" ]]; then
+      die "no successful build of ${name} in project ${PROJECT_ID}:" \
+        "run deployment/submit_build_${name}.sh first"
     fi
   fi
-  # Pinned by build id: a tag no later build reuses, so the service runs exactly that build.
-  printf -v "${out}" '%s' "$(image_uri "${component}" "${build}")"
+  printf -v "${out}" '%s' "${found}"
+}
+
+# The image of a model's backend in a v3 build, pinned by build id: a tag no later build
+# reuses, so the service runs exactly that build.
+model_image() {
+  image_uri "${V3_BUILD}_$1" "$2"
+}
+
+# check_build_images BUILD MODEL...: insist that BUILD pushed the image of each MODEL (its
+# results.images). A model outside the build's set would otherwise fail only at its own
+# service's deploy, after the services before it had changed.
+check_build_images() {
+  local build="$1" described pushed model missing=() built=()
+  shift
+  query described "" gcloud builds describe "${build}" \
+    --project="${PROJECT_ID}" \
+    --region="${BUILD_REGION}" \
+    --format=json
+  if [[ "${DRY_RUN}" == true ]]; then
+    return 0
+  fi
+  pushed="$("${PYTHON}" -c '
+import json, sys
+for image in json.load(sys.stdin).get("results", {}).get("images", []):
+    print(image.get("name", ""))
+' <<<"${described}")" || die "could not read the images of build ${build}"
+  for model in "$@"; do
+    grep -qxF "$(model_image "${model}" "${build}")" <<<"${pushed}" || missing+=("${model}")
+  done
+  if ((${#missing[@]})); then
+    # The models it has: its code images, backend_v3_<id>:<build>, those whose base is there
+    # too (an id may end in "_base").
+    local prefix="${REGISTRY}/${PROJECT_ID}/${REPOSITORY}/${V3_BUILD}_" name
+    while IFS= read -r name; do
+      [[ "${name}" == "${prefix}"*":${build}" ]] || continue
+      name="${name#"${prefix}"}"
+      name="${name%":${build}"}"
+      if grep -qxF "${prefix}${name}_base:${build}" <<<"${pushed}"; then
+        built+=("${name}")
+      fi
+    done <<<"${pushed}"
+    die "build ${build} has no image of ${missing[*]} (its models: ${built[*]:-none}):" \
+      "choose --models among them, or build those models (deployment/README.md, v3)"
+  fi
 }
 
 # Render the routing table to an OpenAPI 2.0 file (a .json name: gcloud tells the format by it).
@@ -157,8 +204,10 @@ render_spec() {
   fi
 }
 
+# publish_gateway SPEC ACCOUNT CONFIG_ID VAR: upload SPEC as config CONFIG_ID and point the
+# gateway at it; VAR=the config the gateway served before (its full name; empty: new gateway).
 publish_gateway() {
-  local spec="$1" account="$2" config_id="$3"
+  local spec="$1" account="$2" config_id="$3" out="$4"
   # The API is global; it only names the configs.
   if ! exists gcloud api-gateway apis describe "${GATEWAY_API}" --project="${PROJECT_ID}"; then
     run gcloud api-gateway apis create "${GATEWAY_API}" \
@@ -172,16 +221,69 @@ publish_gateway() {
     --api="${GATEWAY_API}" \
     --openapi-spec="${spec}" \
     --backend-auth-service-account="${account}"
-  local verb=create
-  if exists gcloud api-gateway gateways describe "${GATEWAY_ID}" \
-    --project="${PROJECT_ID}" --location="${GATEWAY_REGION}"; then
+  # Its config now, before the update: the one a rollback goes back to. (A dry run shows the
+  # gateway as absent, so its plan shows the create.)
+  local describe=(
+    gcloud api-gateway gateways describe "${GATEWAY_ID}"
+    --project="${PROJECT_ID}"
+    --location="${GATEWAY_REGION}"
+    --format='value(apiConfig)'
+  )
+  local verb=create served=""
+  if [[ "${DRY_RUN}" == true ]]; then
+    print_command "${describe[@]}"
+  elif served="$("${describe[@]}" 2>/dev/null)"; then
     verb=update
+  else
+    served=""
   fi
   run gcloud api-gateway gateways "${verb}" "${GATEWAY_ID}" \
     --project="${PROJECT_ID}" \
     --location="${GATEWAY_REGION}" \
     --api="${GATEWAY_API}" \
     --api-config="${config_id}"
+  printf -v "${out}" '%s' "${served}"
+}
+
+# A config's "<api>/configs/<id>": names compared that way match whether they spell the
+# project by id or by number.
+config_key() {
+  echo "${1#*/apis/}"
+}
+
+# prune_api_configs NEW PREVIOUS: delete the configs of API $GATEWAY_API that no gateway (of
+# any API, in any region) uses, except NEW (this deploy's), PREVIOUS (the one the gateway served
+# before it: kept for a rollback) and any created after NEW (another deploy's, about to be
+# used). API Gateway allows 100 configs per API, and every deploy adds one. Returns non-zero
+# when a listing or a deletion fails; deletes nothing it could not check.
+prune_api_configs() {
+  local new="$1" previous="$2" in_use configs name key status=0
+  query in_use "" gcloud api-gateway gateways list \
+    --project="${PROJECT_ID}" \
+    --format='value(apiConfig)' || return 1
+  query configs "<each older config of ${GATEWAY_API} unused, but the previous one>" \
+    gcloud api-gateway api-configs list \
+    --project="${PROJECT_ID}" \
+    --api="${GATEWAY_API}" \
+    --sort-by=createTime \
+    --format='value(name)' || return 1
+  local keep=" ${GATEWAY_API}/configs/${new} "
+  [[ -z "${previous}" ]] || keep+="$(config_key "${previous}") "
+  while IFS= read -r name; do
+    [[ -n "${name}" ]] && keep+="$(config_key "${name}") "
+  done <<<"${in_use}"
+
+  while IFS= read -r name; do
+    [[ -n "${name}" ]] || continue
+    [[ "${name##*/}" == "${new}" ]] && break  # the rest is newer than this deploy's config
+    key="$(config_key "${name}")"
+    [[ "${keep}" == *" ${key} "* ]] && continue
+    run gcloud api-gateway api-configs delete "${name##*/}" \
+      --project="${PROJECT_ID}" \
+      --api="${GATEWAY_API}" \
+      --quiet || status=1
+  done <<<"${configs}"
+  return "${status}"
 }
 
 # set_option NAME VALUE: an option's value into the variable main() reads.
@@ -222,9 +324,11 @@ main() {
   local listed
   listed="$(IFS=, && echo "${models[*]}")"
 
-  local image
-  image_of_build "${V3_IMAGE}" "${build_id}" image
-  echo "Deploying ${image} in ${REGION}, one service per model: ${models[*]}" >&2
+  local build
+  build_or_latest "${V3_BUILD}" "${build_id}" build
+  check_build_images "${build}" "${models[@]}"
+  echo "Deploying the images of ${V3_BUILD} build ${build} in ${REGION}, one service per" \
+    "model: ${models[*]}" >&2
 
   # Created first: a new account takes a moment to become visible to IAM bindings.
   local account="${GATEWAY_SERVICE_ACCOUNT}@${PROJECT_ID}.iam.gserviceaccount.com"
@@ -233,7 +337,7 @@ main() {
 
   local model
   for model in "${models[@]}"; do
-    deploy_model_backend "${model}" "${image}" "${listed}"
+    deploy_model_backend "${model}" "$(model_image "${model}" "${build}")" "${listed}"
   done
 
   local routes=() service url
@@ -255,7 +359,19 @@ main() {
   spec="$(mktemp -d)/openapi-${config_id}.json"
   # The first model answers GET /models (a v2 selection starts with the catalog's default).
   render_spec "${spec}" "${routes[@]}"
-  publish_gateway "${spec}" "${account}" "${config_id}"
+  local previous
+  publish_gateway "${spec}" "${account}" "${config_id}" previous
+  # Only after the gateway serves the new config (a failed update exits above, deleting
+  # nothing). A failure here leaves configs behind, not a broken deploy: a warning.
+  if ! prune_api_configs "${config_id}" "${previous}"; then
+    warn "some unused API configs of ${GATEWAY_API} were not deleted (see above);" \
+      "the next deploy tries again"
+  fi
+  if [[ -n "${previous}" ]]; then
+    echo "Previous API config, kept for a rollback: ${previous##*/}" \
+      "(gcloud api-gateway gateways update ${GATEWAY_ID} --api=${GATEWAY_API}" \
+      "--api-config=${previous##*/} --location=${GATEWAY_REGION} --project=${PROJECT_ID})" >&2
+  fi
 
   local host
   query host "<hostname of ${GATEWAY_ID}>" \
@@ -267,8 +383,9 @@ main() {
   local gateway_url="https://${host}"
 
   if [[ "${with_frontend}" == true ]]; then
-    local frontend_image
-    image_of_build "${V3_FRONTEND_IMAGE}" "${frontend_build_id}" frontend_image
+    local frontend_build frontend_image
+    build_or_latest "${V3_FRONTEND_IMAGE}" "${frontend_build_id}" frontend_build
+    frontend_image="$(image_uri "${V3_FRONTEND_IMAGE}" "${frontend_build}")"
     # The gateway itself is public, so the page calls it without a token.
     deploy_frontend_service frontend-v3 "${frontend_image}" \
       "$(join_env "FRONTEND_MODE=v3" "API_GATEWAY=${gateway_url}" "${FRONTEND_EXTRA_ENV}")" \

@@ -2,9 +2,22 @@
 
 The fake is a small program first on PATH: it appends its argv (one JSON list per line) to a
 log and answers `describe`/`list` calls the way gcloud would, so each test asserts the exact
-commands a script runs, and what it does with the answers. FAKE_GCLOUD_ABSENT names what does
-not exist (a service, "builds", "service-account", "repository", "api", "gateway");
-FAKE_GCLOUD_SPECS, a directory where `api-configs create` keeps a copy of its OpenAPI spec.
+commands a script runs, and what it does with the answers. Its environment sets the canned
+data:
+  FAKE_GCLOUD_ABSENT          what does not exist (a service, "builds", "service-account",
+                              "repository", "api", "gateway")
+  FAKE_GCLOUD_FAIL            commands that fail, comma-separated, each as its leading words
+                              ("api-gateway gateways update", "api-gateway api-configs delete c1")
+  FAKE_GCLOUD_SPECS           a directory where `api-configs create` keeps a copy of its spec
+  FAKE_GCLOUD_BUILD_MODELS    the models whose backend_v3 images `builds describe` lists
+                              (default: the v2 set)
+  FAKE_GCLOUD_GATEWAY_CONFIG  the config gateway baked-vision-v3 serves (default: GATEWAY_CONFIG)
+  FAKE_GCLOUD_API_CONFIGS     the configs of the API, oldest first (default: GATEWAY_CONFIG);
+                              `api-configs list` answers these, then those created since
+  FAKE_GCLOUD_LATER_CONFIGS   configs created after this run's (another deploy's), listed last
+  FAKE_GCLOUD_OTHER_GATEWAYS  "<api>/<config>" served by other gateways, comma-separated
+The fake keeps what a run changes (the configs created, the gateway's config) in a state file
+beside its log, reset for each run.
 """
 
 from __future__ import annotations
@@ -27,6 +40,10 @@ REGION = "northamerica-northeast1"
 REGISTRY = f"{REGION}-docker.pkg.dev/{PROJECT}/baked-vision"
 LATEST_BUILD = "1b2c3d4e-0000-4000-8000-00000000abcd"
 BUILDER_ACCOUNT = "123456789-compute@developer.gserviceaccount.com"
+# API Gateway names a gateway's config with the project's number, api-configs list with its id.
+PROJECT_NUMBER = "123456789"
+V2_MODELS = ("resnet152", "convnext_base", "swin_b", "vgg16")
+GATEWAY_CONFIG = "baked-vision-20250101-000000"
 
 FAKE_GCLOUD = textwrap.dedent(
     """\
@@ -37,11 +54,39 @@ FAKE_GCLOUD = textwrap.dedent(
     args = sys.argv[1:]
     with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
         log.write(json.dumps(args) + "\\n")
-    absent = set(filter(None, os.environ.get("FAKE_GCLOUD_ABSENT", "").split(",")))
+    STATE = os.path.join(os.path.dirname(os.environ["FAKE_GCLOUD_LOG"]), "gcloud-state.json")
+
+    def listed(name, default=""):
+        return [v for v in os.environ.get(name, default).split(",") if v]
+
+    absent = set(listed("FAKE_GCLOUD_ABSENT"))
     words = [a for a in args if not a.startswith("-")]
+    if any(" ".join(words).startswith(failing) for failing in listed("FAKE_GCLOUD_FAIL")):
+        print(f"ERROR: (gcloud.{{'.'.join(words[:3])}}) failed as the test asked", file=sys.stderr)
+        sys.exit(1)
+    try:
+        with open(STATE) as file:
+            state = json.load(file)
+    except FileNotFoundError:
+        state = {{"created": []}}
+
+    def save():
+        with open(STATE, "w") as file:
+            json.dump(state, file)
 
     def option(name):
         return next((a.split("=", 1)[1] for a in args if a.startswith(name + "=")), "")
+
+    def config_name(api, config, project="{project}"):
+        return f"projects/{{project}}/locations/global/apis/{{api}}/configs/{{config}}"
+
+    def gateway_config():
+        # The config gateway baked-vision-v3 serves, or None if there is no gateway.
+        if "gateway" in state:
+            return state["gateway"]
+        if "gateway" in absent:
+            return None
+        return os.environ.get("FAKE_GCLOUD_GATEWAY_CONFIG", "{gateway_config}")
 
     if words[:3] == ["run", "services", "describe"]:
         service = words[3]
@@ -57,6 +102,14 @@ FAKE_GCLOUD = textwrap.dedent(
     elif words[:2] == ["builds", "list"]:
         if "builds" not in absent:
             print("{latest_build}")
+    elif words[:2] == ["builds", "describe"]:
+        build = words[2]
+        images = [
+            {{"name": f"{registry}/backend_v3_{{model}}{{kind}}:{{build}}", "digest": "sha256:0"}}
+            for model in listed("FAKE_GCLOUD_BUILD_MODELS", "{v2_models}")
+            for kind in ("_base", "")
+        ]
+        print(json.dumps({{"id": build, "status": "SUCCESS", "results": {{"images": images}}}}))
     elif words[:2] == ["builds", "get-default-service-account"]:
         print("projects/{project}/serviceAccounts/{builder}")
     elif words[:3] == ["iam", "service-accounts", "describe"]:
@@ -69,9 +122,30 @@ FAKE_GCLOUD = textwrap.dedent(
         # Asked for its hostname only once it has been created or updated.
         if "defaultHostname" in option("--format"):
             print(f"{{words[3]}}-abc123.ue.gateway.dev")
-        elif "gateway" in absent:
+        elif gateway_config() is None:
+            print(f"ERROR: (gcloud.api-gateway.gateways.describe) NOT_FOUND: {{words[3]}}",
+                  file=sys.stderr)
             sys.exit(1)
+        elif "apiConfig" in option("--format"):
+            print(config_name(option("--api") or "baked-vision", gateway_config(),
+                              "{project_number}"))
+    elif words[:3] == ["api-gateway", "gateways", "list"]:
+        # Every gateway of the project, whatever its API and region.
+        served = [f"baked-vision/{{gateway_config()}}"] if gateway_config() else []
+        for entry in served + listed("FAKE_GCLOUD_OTHER_GATEWAYS"):
+            api, config = entry.split("/")
+            print(config_name(api, config, "{project_number}"))
+    elif words[:3] in (["api-gateway", "gateways", "create"],
+                       ["api-gateway", "gateways", "update"]):
+        state["gateway"] = option("--api-config")
+        save()
+    elif words[:3] == ["api-gateway", "api-configs", "list"]:
+        configs = listed("FAKE_GCLOUD_API_CONFIGS", "{gateway_config}") + state["created"]
+        for config in configs + listed("FAKE_GCLOUD_LATER_CONFIGS"):
+            print(config_name(option("--api"), config))
     elif words[:3] == ["api-gateway", "api-configs", "create"]:
+        state["created"].append(words[3])
+        save()
         # Keep the uploaded spec: the script deletes its own copy when it ends.
         keep = os.environ.get("FAKE_GCLOUD_SPECS")
         spec = option("--openapi-spec")
@@ -84,7 +158,10 @@ FAKE_GCLOUD = textwrap.dedent(
     registry=REGISTRY,
     latest_build=LATEST_BUILD,
     project=PROJECT,
+    project_number=PROJECT_NUMBER,
     builder=BUILDER_ACCOUNT,
+    v2_models=",".join(V2_MODELS),
+    gateway_config=GATEWAY_CONFIG,
 )
 
 
@@ -116,6 +193,7 @@ def fake_gcloud(tmp_path: Path) -> Callable[..., Result]:
 
     def run(script: str, *args: str, **env: str) -> Result:
         log.write_text("")
+        (tmp_path / "gcloud-state.json").unlink(missing_ok=True)
         environment = {
             "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
             "HOME": str(tmp_path),

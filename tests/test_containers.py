@@ -100,12 +100,12 @@ def backend_base(backend_context, python_image):
     return BACKEND_BASE
 
 
-def build_backend(context: Path) -> float:
+def build_backend(context: Path, *, base: str = BACKEND_BASE, tag: str = BACKEND) -> float:
     _, seconds = containers.build(
         "docker/backend.Dockerfile",
-        BACKEND,
+        tag,
         context=context,
-        build_args={"BASE_IMAGE_URI": BACKEND_BASE},
+        build_args={"BASE_IMAGE_URI": base},
     )
     return seconds
 
@@ -186,7 +186,9 @@ def test_frontend_container_serves_its_page_without_network(frontend_images):
     started = time.monotonic()
     containers.podman(
         "run", "-d", "--network", "none", "--name", name,
-        "-e", "SERVING_URL=http://127.0.0.1:9", frontend,
+        "-e", "SERVING_URL=http://127.0.0.1:9",
+        "-e", "HOME=/home",  # as Cloud Run's first generation sets it: Streamlit writes there
+        frontend,
     )  # fmt: skip
     try:
         status = wait_for(name, "/_stcore/health", deadline=started + 60)
@@ -246,28 +248,75 @@ def test_backend_base_holds_verified_bundles_and_no_torch(backend_base):
     print(f"\nbackend base: {size:.0f} MB, of which bundles {bundles_mb:.0f} MB")
 
 
-def test_new_model_set_reuses_the_dependency_layers(backend_base, backend_context, python_image):
-    other = f"localhost/baked-vision-backend-base-other:{RUN_ID}"  # its own layers: removed
+def test_per_model_images_share_the_dependency_layers_and_hold_their_model_only(
+    backend_base, backend_context, python_image
+):
+    """v3's images: one per model, from the same base Dockerfile with MODELS=<that model>."""
+    other_base = f"localhost/baked-vision-backend-base-other:{RUN_ID}"  # its own layers: removed
+    other = f"localhost/baked-vision-backend-other:{RUN_ID}"
+    name = f"baked-vision-backend-other-{RUN_ID}"
     try:
         _, seconds = build_backend_base(
-            backend_context, python_image, tag=other, models="mobilenet_v3_large"
+            backend_context, python_image, tag=other_base, models="mobilenet_v3_large"
         )
-        base_layers, other_layers = containers.layers(backend_base), containers.layers(other)
+        build_backend(backend_context)
+        build_backend(backend_context, base=other_base, tag=other)
+        base_layers, other_layers = containers.layers(backend_base), containers.layers(other_base)
         shared = next(
             (i for i, (a, b) in enumerate(zip(base_layers, other_layers, strict=False)) if a != b),
             min(len(base_layers), len(other_layers)),
         )
-        print(
-            f"\nanother model set: {seconds:.1f}s, {shared} of {len(other_layers)} layers shared "
-            "(python, venv, dependencies, runtime)"
-        )
-        # Only the bundles layer and what follows it differ: the dependencies are not reinstalled.
+        # Only the bundles layer and what follows it differ: the dependencies are not reinstalled,
+        # and a registry stores (and an instance pulls) the shared layers once.
         assert len(other_layers) - shared <= 3
-        verified = containers.run_in(other, ["python", "-c", VERIFY_BUNDLES])
-        assert "mobilenet_v3_large ok" in verified
-        assert "resnet18" not in verified
+
+        sizes = {}
+        for image, model in ((BACKEND, "resnet18"), (other, "mobilenet_v3_large")):
+            verified = containers.run_in(image, ["python", "-c", VERIFY_BUNDLES])
+            assert verified.split("\n")[:-1] == [f"{model} ok"]  # that model, and no other
+            held = containers.run_in(image, ["ls", "/opt/bundles"]).split()
+            assert [entry for entry in held if not entry.endswith(".json")] == [model]
+            bundle_mb = float(containers.run_in(image, ["du", "-sm", "/opt/bundles"]).split()[0])
+            sizes[model] = (containers.image_size_mb(image), bundle_mb)
+
+        # The per-model image serves its own model with no MODELS setting at all.
+        containers.podman("run", "-d", "--network", "none", "--name", name, other)
+        status = wait_for(name, "/ready", deadline=time.monotonic() + 120)
+        logs = containers.podman("logs", name, check=False)
+        assert status == 200, f"never ready:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
+        status, body = exec_python(name, PROBE, "/models")
+        assert status == 200, body
+        assert json.loads(body) == ["mobilenet_v3_large"]
+        print(
+            f"\nanother model's base: {seconds:.1f}s, {shared} of {len(other_layers)} layers "
+            "shared (python, venv, dependencies, runtime); per-model images: "
+            + ", ".join(f"{m} {size:.0f} MB ({b:.0f} MB bundle)" for m, (size, b) in sizes.items())
+        )
     finally:
-        remove_images(other)
+        containers.podman("rm", "--force", name, check=False)
+        remove_images(other, other_base)
+
+
+HOME_PROBE = """
+import os, pathlib
+home = pathlib.Path.home()
+for state in (home / ".streamlit", home / ".cache" / "baked-vision"):
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "probe").write_text("ok")
+print(os.getuid(), home)
+"""
+
+
+# Cloud Run's first-generation environment sets HOME=/home (root's); the second keeps the image's.
+@pytest.mark.parametrize("home", [None, "/home"], ids=["image-home", "first-generation-home"])
+def test_every_image_gives_its_user_a_writable_home(frontend_images, backend_base, home):
+    _, frontend = frontend_images
+    for image in (frontend, backend_base):
+        setting = ["-e", f"HOME={home}"] if home else []
+        out = containers.podman(
+            "run", "--rm", "--network", "none", *setting, image, "python", "-c", HOME_PROBE
+        ).stdout  # fmt: skip
+        assert out.split() == ["10001", home or "/home/app"], image
 
 
 def test_code_change_rebuilds_only_the_code_layers(backend_base, backend_context, python_image):

@@ -7,9 +7,15 @@ ports, ignore lists), plus that the generated files are current.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,14 +31,58 @@ sys.path.insert(0, str(DEPLOYMENT))
 import export_requirements  # noqa: E402
 import render_cloudbuild  # noqa: E402
 
-IMAGES = ["backend_v1", "backend_v2", "frontend_v1", "frontend_v2"]
+IMAGES = ["backend_v1", "backend_v2", "backend_v3", "frontend_v1", "frontend_v2"]
 CLOUDBUILD_FILES = [DEPLOYMENT / f"cloudbuild_{image}.yaml" for image in IMAGES]
+# v3 runs one image per model of the v2 set.
+V3_MODELS = tomllib.loads((ROOT / "weights" / "catalog.toml").read_text())["sets"]["v2"]
+REGISTRY = "${_REGISTRY}/${PROJECT_ID}/${_REPOSITORY}"
+# REGISTRY with the substitutions' defaults, as the step scripts see it in the tests below.
+REGISTRY_HOST = "northamerica-northeast1-docker.pkg.dev/test-project/baked-vision"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 SHELL_SCRIPTS = sorted(
     [*DEPLOYMENT.glob("*.sh"), *DEPLOYMENT.glob("lib/*.sh"), DEPLOYMENT / "config.env"]
 )
 # Build arguments Docker itself understands, which no Dockerfile declares.
 BUILDER_ARGS = {"BUILDKIT_INLINE_CACHE"}
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """One base and code image pair of a Cloud Build file, and the suffix of its step ids."""
+
+    path: Path
+    image: str  # backend_v2, or backend_v3_<model>
+    model: str | None  # v3: the one model its base bakes
+
+    @property
+    def build(self) -> str:
+        return self.path.stem.removeprefix("cloudbuild_")
+
+    def step(self, name: str) -> str:
+        """Give the id of one of this image's steps (step ids take no "_")."""
+        return f"{name}-{self.model.replace('_', '-')}" if self.model else name
+
+    def __str__(self) -> str:
+        return self.image
+
+
+def built_images(path: Path) -> list[BuiltImage]:
+    """Give the images a Cloud Build file builds, in its order, read from its images list."""
+    build = path.stem.removeprefix("cloudbuild_")
+    names = [
+        name.removeprefix(f"{REGISTRY}/").removesuffix(":${BUILD_ID}")
+        for name in yaml.safe_load(path.read_text())["images"]
+    ]
+    # A code image is one whose base is listed too (a model's id may end in "_base" itself).
+    found = []
+    for image in names:
+        if f"{image}_base" in names:
+            model = image.removeprefix(f"{build}_") if image != build else None
+            found.append(BuiltImage(path, image, model))
+    return found
+
+
+BUILT_IMAGES = [built for path in CLOUDBUILD_FILES for built in built_images(path)]
 
 
 def tool(name: str) -> str:
@@ -154,6 +204,20 @@ def test_requirements_leave_torch_to_the_torch_layer_and_serve_without_it():
 def test_the_template_renderer_rejects_an_unknown_placeholder():
     with pytest.raises(ValueError, match="no_such"):
         render_cloudbuild.render(render_cloudbuild.COMPONENTS[0], "x: {{no_such}}\n")
+    # An image's own placeholders exist only inside the per-image block.
+    with pytest.raises(ValueError, match="suffix"):
+        render_cloudbuild.render(render_cloudbuild.COMPONENTS[0], "x: {{suffix}}\n")
+    with pytest.raises(ValueError, match="never closed"):
+        render_cloudbuild.render(render_cloudbuild.COMPONENTS[0], "{{#each_image}}\nx\n")
+
+
+def test_the_template_renders_its_per_image_block_once_per_image():
+    template = "{{#each_image}}\n  # said once\n  - id: x{{suffix}}  # {{image}}\n{{/each_image}}\n"
+    v2, v3 = (c for c in render_cloudbuild.COMPONENTS if c.image in {"backend_v2", "backend_v3"})
+    assert render_cloudbuild.render(v2, template) == "  # said once\n  - id: x  # backend_v2\n"
+    lines = render_cloudbuild.render(v3, template).splitlines()
+    assert lines[0] == "  # said once"
+    assert lines[1:] == [f"  - id: x-{m.replace('_', '-')}  # backend_v3_{m}" for m in V3_MODELS]
 
 
 # --- linters ---------------------------------------------------------------------------------
@@ -352,76 +416,92 @@ def test_gcloudignore_uploads_what_the_build_reads():
 # --- Cloud Build files -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
-def test_build_args_are_exactly_the_dockerfiles_args(path):
-    build = load(path)
+@pytest.mark.parametrize("built", BUILT_IMAGES, ids=str)
+def test_build_args_are_exactly_the_dockerfiles_args(built):
+    build = load(built.path)
     steps = steps_by_id(build)
-    component = component_of(path)
+    component = component_of(built.path)
     base_dockerfile = DOCKER / f"{component}-base.Dockerfile"
     code_dockerfile = DOCKER / f"{component}.Dockerfile"
+    build_base, build_code = steps[built.step("build-base")], steps[built.step("build-code")]
 
     base_args = declared_args(base_dockerfile)
-    assert build_args_in(step_text(steps["build-base"])) == base_args
-    assert build_args_in(step_text(steps["build-code"])) == declared_args(code_dockerfile)
-    assert f"--file {base_dockerfile.relative_to(ROOT)}" in steps["build-base"]["script"]
-    assert f"--file={code_dockerfile.relative_to(ROOT)}" in steps["build-code"]["args"]
+    assert build_args_in(step_text(build_base)) == base_args
+    assert build_args_in(step_text(build_code)) == declared_args(code_dockerfile)
+    assert f"--file {base_dockerfile.relative_to(ROOT)}" in build_base["script"]
+    assert f"--file={code_dockerfile.relative_to(ROOT)}" in build_code["args"]
     # The base's content hash covers the same arguments, so no argument can change the base
     # without changing its tag.
-    hashed = set(re.findall(r'--arg "(\w+)=', steps["hash-base-inputs"]["script"]))
+    hash_script = steps[built.step("hash-base-inputs")]["script"]
+    hashed = set(re.findall(r'--arg "(\w+)=', hash_script))
     assert hashed == base_args
     # Each argument has a substitution of the same name (Cloud Build's leading underscore),
-    # whose default is the Dockerfile's own default (the production value).
+    # whose default is the Dockerfile's own default (the production value), except a v3 base's
+    # MODELS: its one model, written in the steps.
     substitutions = build["substitutions"]
     for name in base_args:
-        assert f'"{name}=${{_{name}}}"' in steps["build-base"]["script"]
-        assert f"_{name}" in substitutions
+        value = built.model if name == "MODELS" and built.model else f"${{_{name}}}"
+        assert f'"{name}={value}"' in build_base["script"], name
+        assert f'--arg "{name}={value}"' in hash_script, name
+        if value.startswith("${"):
+            assert f"_{name}" in substitutions
         default = re.search(rf"^ARG {name}=(.*)$", base_dockerfile.read_text(), re.MULTILINE)
         if default and name != "MODELS":
             assert substitutions[f"_{name}"] == default.group(1).strip('"'), name
-    if component == "backend":
-        assert substitutions["_MODELS"] == path.stem.rsplit("_", 1)[1]
+    if component == "backend" and built.model:
+        assert "_MODELS" not in substitutions, "each v3 base has its model, not a set"
+    elif component == "backend":
+        assert substitutions["_MODELS"] == built.path.stem.rsplit("_", 1)[1]
 
 
-@pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
-def test_code_image_is_built_from_the_base_of_the_same_build(path):
-    build = load(path)
+@pytest.mark.parametrize("built", BUILT_IMAGES, ids=str)
+def test_code_image_is_built_from_the_base_of_the_same_build(built):
+    build = load(built.path)
     steps = steps_by_id(build)
-    image = path.stem.removeprefix("cloudbuild_")
-    registry = "${_REGISTRY}/${PROJECT_ID}/${_REPOSITORY}"
-    base = f"{registry}/{image}_base"
+    image = built.image
+    base = f"{REGISTRY}/{image}_base"
 
-    code_args = steps["build-code"]["args"]
+    build_code = steps[built.step("build-code")]
+    code_args = build_code["args"]
     assert f"--build-arg=BASE_IMAGE_URI={base}:${{BUILD_ID}}" in code_args
-    assert f"--tag={registry}/{image}:${{BUILD_ID}}" in code_args
-    assert "build-base" in steps["build-code"]["waitFor"]
-    assert f'base="{base}"' in steps["build-base"]["script"]
-    assert 'docker tag "${base}:${tag}" "${base}:${BUILD_ID}"' in steps["build-base"]["script"]
-    assert build["images"] == [f"{base}:${{BUILD_ID}}", f"{registry}/{image}:${{BUILD_ID}}"]
-    assert image in build["tags"], "the deploy scripts find builds by this tag"
+    assert f"--tag={REGISTRY}/{image}:${{BUILD_ID}}" in code_args
+    assert build_code["waitFor"] == [built.step("build-base")]
+    build_base = steps[built.step("build-base")]["script"]
+    assert f'base="{base}"' in build_base
+    assert 'docker tag "${base}:${tag}" "${base}:${BUILD_ID}"' in build_base
+    images = build["images"]
+    assert images.index(f"{base}:${{BUILD_ID}}") + 1 == images.index(
+        f"{REGISTRY}/{image}:${{BUILD_ID}}"
+    )
+    assert built.build in build["tags"], "the deploy scripts find builds by this tag"
 
 
-@pytest.mark.parametrize("path", CLOUDBUILD_FILES, ids=lambda p: p.name)
-def test_base_is_reused_by_content_and_layers(path):
+@pytest.mark.parametrize("built", BUILT_IMAGES, ids=str)
+def test_base_is_reused_by_content_and_layers(built):
+    path, image = built.path, built.image
     build = load(path)
-    steps = build["steps"]
     by_id = steps_by_id(build)
-    image = path.stem.removeprefix("cloudbuild_")
-    registry = "${_REGISTRY}/${PROJECT_ID}/${_REPOSITORY}"
     component = component_of(path)
+    state = f"state=.cloudbuild/{image}\n"
     # The base Dockerfile's stages before its last: an image holds only its final stage's
     # layers, so each of these is cached as an image of its own, <image>_<stage>:latest.
     earlier = [name for name, _ in stages(DOCKER / f"{component}-base.Dockerfile")][:-1]
     assert earlier == (["bake"] if component == "backend" else [])
 
-    # The first step pulls the previous base, and tolerates its absence on a first build. The
-    # earlier stages' images are not pulled there: a build that finds its base needs none.
-    pull = steps[0]["script"]
-    assert steps[0]["id"] == "pull-previous-base"
-    assert f"/{image}_base:latest" in pull
+    # The first step of each image pulls its previous base, and tolerates its absence on a
+    # first build. The earlier stages' images are not pulled there: a build that finds its
+    # base needs none.
+    pull_step = by_id[built.step("pull-previous-base")]
+    pull = pull_step["script"]
+    assert pull_step["waitFor"] == ["-"]
+    assert f'"{REGISTRY}/{image}_base:latest"' in pull
     assert pull.rstrip().endswith("|| exit 0")
     assert not any(f"_{stage}:latest" in pull for stage in earlier)
-    # The base is looked up by the hash of its inputs and only built when absent.
-    hash_script = by_id["hash-base-inputs"]["script"]
+    # The base is looked up by the hash of its inputs and only built when absent; each image
+    # keeps its tag and its answer in a directory of its own.
+    hash_script = by_id[built.step("hash-base-inputs")]["script"]
+    assert state in hash_script
+    assert hash_script.rstrip().endswith('echo "base inputs tag: $(cat "${state}/base_tag")"')
     for needed in (f"docker/{component}-base.Dockerfile", f"docker/requirements-{component}.txt"):
         assert needed in hash_script
     if component == "backend":
@@ -429,9 +509,13 @@ def test_base_is_reused_by_content_and_layers(path):
             assert re.search(rf"^\s*{needed} \\$", hash_script, flags=re.MULTILINE), needed
         for needed in ("docker/requirements-torch.txt", "docker/requirements-bake.txt"):
             assert needed in hash_script
-    assert "gcloud artifacts docker images describe" in by_id["look-up-base"]["script"]
-    build_base = by_id["build-base"]["script"]
-    assert re.search(r"if \[\[ -f .cloudbuild/base_found \]\]; then\s+docker pull", build_base)
+    look_up = by_id[built.step("look-up-base")]
+    assert look_up["waitFor"] == [built.step("hash-base-inputs")]
+    assert state in look_up["script"]
+    assert f'"{REGISTRY}/{image}_base:$(cat "${{state}}/base_tag")"' in look_up["script"]
+    build_base = by_id[built.step("build-base")]["script"]
+    assert state in build_base
+    assert re.search(r'if \[\[ -f "\$\{state\}/base_found" \]\]; then\s+docker pull', build_base)
     # When it is built, each earlier stage is built first, on its own, from its previous image,
     # with the base's own build arguments, then the base from all these caches, with or without
     # BuildKit.
@@ -451,10 +535,10 @@ def test_base_is_reused_by_content_and_layers(path):
     *stage_builds, final = builds
 
     def build_arg_flags(command: str) -> list[str]:
-        return re.findall(r'--build-arg "\w+=\$\{_\w+\}"', command)
+        return re.findall(r'--build-arg "\w+=[^"]+"', command)
 
     for stage, command in zip(earlier, stage_builds, strict=True):
-        assert f'{stage}="{registry}/{image}_{stage}"' in build_base
+        assert f'{stage}="{REGISTRY}/{image}_{stage}"' in build_base
         assert f"--target {stage} " in command
         assert f'--cache-from "${{{stage}}}:latest"' in command
         assert "--build-arg BUILDKIT_INLINE_CACHE=1" in command
@@ -465,16 +549,17 @@ def test_base_is_reused_by_content_and_layers(path):
         assert f'--cache-from "{cache}:latest"' in final
     assert "--build-arg BUILDKIT_INLINE_CACHE=1" in final
     assert final.endswith('--tag "${base}:${tag}" .')
-    assert "DOCKER_BUILDKIT" not in str(by_id["build-base"]), "no builder is required"
+    assert "DOCKER_BUILDKIT" not in str(by_id[built.step("build-base")]), "no builder is required"
     # All three tags of the base are pushed; a stage only when it was built here, not when the
     # base found was only pulled.
-    push = by_id["push-base"]["script"]
-    for tag in ("$(cat .cloudbuild/base_tag)", "${BUILD_ID}", "latest"):
+    push = by_id[built.step("push-base")]["script"]
+    assert state in push
+    for tag in ('$(cat "${state}/base_tag")', "${BUILD_ID}", "latest"):
         assert f'docker push "${{base}}:{tag}"' in push
     for stage in earlier:
-        assert f'{stage}="{registry}/{image}_{stage}"' in push
+        assert f'{stage}="{REGISTRY}/{image}_{stage}"' in push
         assert re.search(
-            r"^(\s*)if \[\[ ! -f \.cloudbuild/base_found \]\]; then\n"
+            r'^(\s*)if \[\[ ! -f "\$\{state\}/base_found" \]\]; then\n'
             rf'(\1  docker push "\$\{{\w+\}}:latest"\n)*'
             rf'\1  docker push "\$\{{{stage}\}}:latest"\n'
             rf'(\1  docker push "\$\{{\w+\}}:latest"\n)*'
@@ -492,7 +577,7 @@ def test_build_options_are_explicit(path):
     build = load(path)
     ids = [step["id"] for step in build["steps"]]
     assert len(ids) == len(set(ids))
-    assert all(re.fullmatch(r"[a-z]+(-[a-z]+)+", i) for i in ids), ids
+    assert all(re.fullmatch(r"[a-z]+(-[a-z0-9]+)+", i) for i in ids), ids
     assert re.fullmatch(r"\d+s", build["timeout"])
     options = build["options"]
     assert options["automapSubstitutions"] is True
@@ -512,3 +597,241 @@ def test_every_substitution_used_is_declared_and_every_declared_one_used(path):
     assert all(re.fullmatch(r"_[A-Z0-9_]+", name) for name in build["substitutions"])
     builtins = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)\}?", text))
     assert builtins <= {"PROJECT_ID", "BUILD_ID"}, builtins
+
+
+# --- v3: one base and one code image per model ------------------------------------------------
+
+
+def test_v3_builds_one_backend_image_per_model_of_the_v2_set():
+    path = DEPLOYMENT / "cloudbuild_backend_v3.yaml"
+    build = load(path)
+    assert [b.model for b in built_images(path)] == V3_MODELS
+    assert build["images"] == [
+        f"{REGISTRY}/backend_v3_{model}{kind}:${{BUILD_ID}}"
+        for model in V3_MODELS
+        for kind in ("_base", "")
+    ]
+    assert build["tags"] == ["baked-vision", "backend_v3"]
+    # Six steps per model, nothing else, and no image of v2 (all four models in one).
+    assert len(build["steps"]) == 6 * len(V3_MODELS)
+    assert "backend_v2" not in path.read_text()
+    # Artifact Registry image names take lowercase letters, digits, "_", "-", "." and "/".
+    for name in build["images"]:
+        image = name.removeprefix(f"{REGISTRY}/").split(":")[0]
+        assert re.fullmatch(r"[a-z0-9]+([._-][a-z0-9]+)*", image), image
+
+
+def test_v3_bases_are_built_in_turn_each_caching_from_the_one_before():
+    """The layers before MODELS are the same for every model: built once, shared by all."""
+    path = DEPLOYMENT / "cloudbuild_backend_v3.yaml"
+    by_id = steps_by_id(load(path))
+    built = built_images(path)
+    first, rest = built[0], built[1:]
+    first_builds = docker_builds(by_id[first.step("build-base")]["script"])
+    assert not [c for c in first_builds if "backend_v3_" in c.split("--build-arg")[0]]
+    for previous, this in zip(built, rest, strict=False):
+        step = by_id[this.step("build-base")]
+        assert previous.step("build-base") in step["waitFor"]
+        bake, base = docker_builds(step["script"])
+        # Its own caches first, then the previous model's images of this very build.
+        own_bake = bake.index('--cache-from "${bake}:latest"')
+        shared_bake = bake.index(f'--cache-from "{REGISTRY}/{previous.image}_bake:latest"')
+        assert own_bake < shared_bake
+        for cache in (f"{previous.image}_bake:latest", f"{previous.image}_base:${{BUILD_ID}}"):
+            assert f'--cache-from "{REGISTRY}/{cache}"' in base
+        assert base.index('--cache-from "${base}:latest"') < base.index(previous.image)
+        # The same Dockerfile, the same arguments but MODELS.
+        assert f'--build-arg "MODELS={this.model}"' in base
+        assert f"--file {'docker/backend-base.Dockerfile'} " in base
+    # Pulls, hashes and look-ups of every model run at once, from the start.
+    for this in built:
+        assert by_id[this.step("hash-base-inputs")]["waitFor"] == ["-"]
+
+
+def test_v3_submit_script_is_a_thin_wrapper_of_the_v3_build():
+    text = (DEPLOYMENT / "submit_build_backend_v3.sh").read_text()
+    assert 'lib/submit_build.sh" backend_v3 "$@"' in text
+
+
+# --- the base look-up ------------------------------------------------------------------------
+
+FAKE_DOCKER = """\
+#!{python}
+# A stand-in for docker: log the call; `manifest inspect` answers as FAKE_DOCKER_MANIFEST says.
+import json, os, sys
+
+args = sys.argv[1:]
+with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if args[:2] == ["manifest", "inspect"]:
+    error = os.environ.get("FAKE_DOCKER_MANIFEST_ERROR", "")
+    if error:
+        sys.stderr.write(error.replace("REF", args[-1]))
+        sys.exit(1)
+    print('{{"schemaVersion": 2}}')
+"""
+LOOK_UP_ERRORS = {
+    "missing": "no such manifest: REF\n",
+    "denied": (
+        "errors:\n"
+        'denied: Permission "artifactregistry.repositories.downloadArtifacts" denied on '
+        'resource "projects/test-project/locations/northamerica-northeast1/repositories/'
+        'baked-vision" (or it may not exist)\n'
+    ),
+    "offline": 'Get "https://northamerica-northeast1-docker.pkg.dev/v2/": dial tcp: i/o timeout\n',
+}
+
+
+@pytest.fixture
+def step_runner(tmp_path):
+    """Run a Cloud Build step's script here, as Cloud Build would, with a fake docker."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "docker"
+    fake.write_text(FAKE_DOCKER.format(python=sys.executable))
+    fake.chmod(0o755)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    log = tmp_path / "docker.log"
+
+    def run(path: Path, step_id: str, **env: str) -> subprocess.CompletedProcess:
+        build = load(path)
+        script = workspace / f"{step_id}.sh"
+        script.write_text(steps_by_id(build)[step_id]["script"])
+        log.write_text("")
+        environment = {
+            "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
+            "FAKE_DOCKER_LOG": str(log),
+            "PROJECT_ID": "test-project",
+            "BUILD_ID": "b-1",
+            **{name: str(value) for name, value in build["substitutions"].items()},
+            **env,
+        }
+        done = subprocess.run(
+            ["bash", str(script)],
+            cwd=workspace,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        done.docker_calls = [json.loads(line) for line in log.read_text().splitlines()]
+        return done
+
+    run.workspace = workspace
+    return run
+
+
+def test_look_up_reads_the_manifest_with_registry_read_only():
+    """`gcloud artifacts docker images describe` also needs Artifact Analysis permissions."""
+    for built in BUILT_IMAGES:
+        step = steps_by_id(load(built.path))[built.step("look-up-base")]
+        assert step["name"] == "gcr.io/cloud-builders/docker"
+        assert 'docker manifest inspect "${base}"' in step["script"]
+        assert "gcloud" not in step["script"]
+    assert "images describe" not in (DEPLOYMENT / "cloudbuild.template.yaml").read_text().replace(
+        "`gcloud artifacts docker images\n  # describe`", ""
+    )
+
+
+@pytest.mark.parametrize("built", [BUILT_IMAGES[0], BUILT_IMAGES[-1]], ids=str)
+def test_a_found_base_is_not_rebuilt(step_runner, built):
+    state = step_runner.workspace / ".cloudbuild" / built.image
+    state.mkdir(parents=True)
+    (state / "base_tag").write_text("inputs-0123456789abcdef01234567\n")
+    done = step_runner(built.path, built.step("look-up-base"))
+    assert done.returncode == 0, done.stderr
+    base = f"northamerica-northeast1-docker.pkg.dev/test-project/baked-vision/{built.image}_base"
+    assert done.docker_calls == [["manifest", "inspect", f"{base}:inputs-0123456789abcdef01234567"]]
+    assert (state / "base_found").exists()
+    assert "the base is not rebuilt" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("failure", "says"),
+    [
+        ("missing", "(no such manifest: "),
+        ("denied", 'denied: Permission "artifactregistry.repositories.downloadArtifacts"'),
+        ("offline", "dial tcp: i/o timeout"),
+    ],
+)
+def test_a_failed_look_up_says_why_the_base_is_built(step_runner, failure, says):
+    built = BUILT_IMAGES[0]
+    state = step_runner.workspace / ".cloudbuild" / built.image
+    state.mkdir(parents=True)
+    (state / "base_tag").write_text("inputs-0123456789abcdef01234567\n")
+    (state / "base_found").write_text("")  # left by an earlier look-up: must go
+    done = step_runner(
+        built.path, built.step("look-up-base"), FAKE_DOCKER_MANIFEST_ERROR=LOOK_UP_ERRORS[failure]
+    )
+    assert done.returncode == 0, done.stderr  # a failed look-up never fails the build
+    assert not (state / "base_found").exists()
+    log = done.stdout + done.stderr
+    assert says in log
+    if failure == "missing":
+        assert "yet" in done.stdout and "the base is built" in done.stdout
+        assert done.stderr == ""
+    else:
+        # Not "not found": the log says the look-up failed, and what the build needs to look.
+        assert "could not look up" in done.stderr
+        assert "roles/artifactregistry.reader" in done.stderr
+        assert "errors:" not in log
+
+
+# --- the Python image, pinned by digest ------------------------------------------------------
+
+PINNED = "python:3.11-slim@sha256:" + "ab" * 32
+REPINNED = "python:3.11-slim@sha256:" + "cd" * 32
+
+
+@pytest.fixture
+def inputs_workspace(step_runner):
+    """Copy what the base-inputs hash reads into the step runner's workspace."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in ("docker", "weights", "runtime", "bake", "deployment/lib"):
+        shutil.copytree(ROOT / part, step_runner.workspace / part, ignore=ignore)
+    return step_runner
+
+
+@pytest.mark.parametrize("path", [CLOUDBUILD_FILES[1], CLOUDBUILD_FILES[-1]], ids=lambda p: p.name)
+def test_a_pinned_python_image_reaches_the_build_and_the_base_tag(inputs_workspace, path):
+    run = inputs_workspace
+    built = built_images(path)[0]
+    tag_file = run.workspace / ".cloudbuild" / built.image / "base_tag"
+
+    def base_tag(python_image: str) -> str:
+        done = run(path, built.step("hash-base-inputs"), _PYTHON_IMAGE=python_image)
+        assert done.returncode == 0, done.stderr
+        return tag_file.read_text().strip()
+
+    tags = {image: base_tag(image) for image in ("python:3.11-slim", PINNED, REPINNED)}
+    assert all(re.fullmatch(r"inputs-[0-9a-f]{24}", tag) for tag in tags.values())
+    assert len(set(tags.values())) == 3, "a new digest is a new base"
+    assert base_tag(PINNED) == tags[PINNED], "the same digest, the same base"
+
+    # The base is built from exactly that image, in every docker build of the step.
+    done = run(path, built.step("build-base"), _PYTHON_IMAGE=PINNED)
+    assert done.returncode == 0, done.stderr
+    builds = [call for call in done.docker_calls if call[0] == "build"]
+    assert len(builds) == len(stages(DOCKER / f"{component_of(path)}-base.Dockerfile"))
+    for call in builds:
+        assert call[call.index(f"PYTHON_IMAGE={PINNED}") - 1] == "--build-arg"
+    *_, final = builds
+    base = f"{REGISTRY_HOST}/{built.image}_base"
+    assert "--target" not in final
+    assert final[final.index("--tag") + 1] == f"{base}:{tags[PINNED]}"
+    assert ["tag", f"{base}:{tags[PINNED]}", f"{base}:b-1"] in done.docker_calls
+
+
+def test_a_pinned_python_image_is_a_valid_substitution_value():
+    pinned = dataclasses.replace(
+        render_cloudbuild.COMPONENTS[1],
+        base_args={**render_cloudbuild.COMPONENTS[1].base_args, "PYTHON_IMAGE": PINNED},
+    )
+    build = yaml.safe_load(render_cloudbuild.render(pinned))
+    assert build["substitutions"]["_PYTHON_IMAGE"] == PINNED
+    # A FROM accepts a name with both a tag and a digest; the Dockerfiles take the image whole.
+    for component in ("backend", "frontend"):
+        text = (DOCKER / f"{component}-base.Dockerfile").read_text()
+        froms = re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE)
+        assert froms and set(froms) == {"${PYTHON_IMAGE}"}, froms

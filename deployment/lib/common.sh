@@ -11,6 +11,9 @@ DRY_RUN=false
 # The four builds and what each is called where: image names keep the assignment's underscore,
 # Cloud Run service names cannot have one.
 KNOWN_IMAGES=(backend_v1 backend_v2 frontend_v1 frontend_v2)
+# What Cloud Build builds: those, and backend_v3 (an image per model, deployed by deploy_v3.sh).
+# shellcheck disable=SC2034  # used by lib/submit_build.sh
+BUILT_IMAGES=("${KNOWN_IMAGES[@]}" backend_v3)
 
 die() {
   echo "error: $*" >&2
@@ -46,12 +49,16 @@ require_config() {
   done
 }
 
+# check_image_name IMAGE [KNOWN...]: IMAGE is one of KNOWN (default: KNOWN_IMAGES), else exit 2.
 check_image_name() {
   local image="$1" known
-  for known in "${KNOWN_IMAGES[@]}"; do
+  shift
+  local names=("$@")
+  ((${#names[@]})) || names=("${KNOWN_IMAGES[@]}")
+  for known in "${names[@]}"; do
     [[ "${image}" == "${known}" ]] && return 0
   done
-  usage_error "unknown component '${image}' (one of: ${KNOWN_IMAGES[*]})"
+  usage_error "unknown component '${image}' (one of: ${names[*]})"
 }
 
 service_name() {
@@ -95,7 +102,8 @@ query() {
     print_command "$@"
     output="${placeholder}"
   else
-    output="$("$@")"
+    # A failing command fails the query, also where errexit does not apply (`query ... ||`).
+    output="$("$@")" || return
   fi
   printf -v "${var}" '%s' "${output}"
 }

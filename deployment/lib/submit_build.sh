@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 usage() {
   cat <<USAGE
 Usage: submit_build_${IMAGE:-<component>}.sh [--async] [--dry-run] [-h|--help]
-   or: deployment/lib/submit_build.sh COMPONENT [options]   (COMPONENT: ${KNOWN_IMAGES[*]})
+   or: deployment/lib/submit_build.sh COMPONENT [options]   (COMPONENT: ${BUILT_IMAGES[*]})
 
 Build ${IMAGE:-a component} on Cloud Build with deployment/cloudbuild_${IMAGE:-<component>}.yaml,
 uploading the repository as .gcloudignore allows. Images go to
@@ -41,7 +41,7 @@ main() {
     shift
   done
   [[ -n "${IMAGE}" ]] || usage_error "no component given"
-  check_image_name "${IMAGE}"
+  check_image_name "${IMAGE}" "${BUILT_IMAGES[@]}"
   load_config
 
   local config="${DEPLOYMENT_DIR}/cloudbuild_${IMAGE}.yaml"
