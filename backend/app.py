@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     models.start()
 
     app.register_blueprint(api)
-    _register_error_handlers(app)
+    _register_error_handlers(app, settings)
     _register_request_logging(app, settings)
     return app
 
@@ -75,7 +75,7 @@ def stop_loading(app: Flask) -> None:
     services(app).models.stop()
 
 
-def _register_error_handlers(app: Flask) -> None:
+def _register_error_handlers(app: Flask, settings: Settings) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
         return jsonify(exc.to_body()), exc.status
@@ -89,7 +89,11 @@ def _register_error_handlers(app: Flask) -> None:
         message = exc.description or exc.name
         limit = app.config["MAX_CONTENT_LENGTH"]
         if exc.code == 413 and (request.content_length or 0) > limit:
-            message = f"the request body is over the {limit // (1024 * 1024)} MB limit"
+            image_mb = settings.max_image_bytes // (1024 * 1024)
+            message = (
+                f"the request body is over the {limit:,}-byte limit: images may be at most "
+                f"{image_mb} MB ({settings.max_image_bytes:,} bytes); send a smaller one"
+            )
         response = jsonify({"error": {"code": code, "message": message}})
         response.status_code = exc.code or 500
         if exc.code == 405 and getattr(exc, "valid_methods", None):

@@ -42,7 +42,8 @@ def parse_predict_request(
             raise BadRequest("'image' must be a file upload (multipart file field)")
         if image is not None and len(image) > max_image_bytes:
             raise PayloadTooLarge(
-                f"the image is over the {max_image_bytes // (1024 * 1024)} MB limit"
+                f"the image is over the {max_image_bytes // (1024 * 1024)} MB limit "
+                f"({max_image_bytes:,} bytes); send a smaller one"
             )
     else:
         raise UnsupportedMedia(

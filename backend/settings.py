@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_MB, MAX_REQUEST_BYTES, max_request_bytes
 from runtime.settings import OPTIMIZATION_LEVELS, SessionSettings, available_cpus
 
 
@@ -35,8 +36,10 @@ class Settings:
     # quota included); the rest as measured in benchmarks/RESULTS.md.
     session: SessionSettings = field(default_factory=_default_session)
     inference_concurrency: int = 1  # forward passes at once; more oversubscribes the cores
-    max_request_bytes: int = 10 * 1024 * 1024
-    max_image_bytes: int = 10 * 1024 * 1024
+    # The image-size limit is runtime.limits' (shared with the page and the gateway); the
+    # request's leaves room for the multipart framing around an upload of that size.
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_image_bytes: int = MAX_IMAGE_BYTES
     max_image_pixels: int = 36_000_000
     url_allowed_ports: frozenset[int] = frozenset({80, 443})
     url_allow_loopback: bool = False  # tests and local development only
@@ -57,6 +60,18 @@ class Settings:
         env = os.environ if env is None else env
         reader = _Reader(env)
         session = SessionSettings()  # the defaults, read below
+        if env.get("MAX_REQUEST_MB", "").strip():
+            raise SettingsError(
+                "MAX_REQUEST_MB is no longer read: the request limit is the image limit "
+                "(MAX_IMAGE_MB) plus room for the multipart framing; unset it"
+            )
+        image_mb = reader.integer("MAX_IMAGE_MB", MAX_IMAGE_MB, minimum=1)
+        if image_mb > MAX_IMAGE_MB:
+            raise SettingsError(
+                f"MAX_IMAGE_MB={image_mb} is over the shared limit of {MAX_IMAGE_MB} MB "
+                "(runtime/limits.py), which the page and the v3 gateway enforce too: "
+                "raise it there, for all of them"
+            )
         settings = cls(
             bundles_dir=Path(reader.text("BUNDLES_DIR", str(cls.bundles_dir))),
             models=reader.text("MODELS", "") or None,
@@ -75,8 +90,8 @@ class Settings:
                 spinning=reader.flag("ORT_SPINNING", session.spinning),
             ),
             inference_concurrency=reader.integer("INFERENCE_CONCURRENCY", 1, minimum=1),
-            max_request_bytes=reader.integer("MAX_REQUEST_MB", 10, minimum=1) * 1024 * 1024,
-            max_image_bytes=reader.integer("MAX_IMAGE_MB", 10, minimum=1) * 1024 * 1024,
+            max_request_bytes=max_request_bytes(image_mb * 1024 * 1024),
+            max_image_bytes=image_mb * 1024 * 1024,
             max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", 36_000_000, minimum=1),
             url_allowed_ports=frozenset(reader.integers("URL_ALLOWED_PORTS", [80, 443])),
             url_allow_loopback=reader.flag("URL_ALLOW_LOOPBACK", False),

@@ -63,6 +63,7 @@ from backend.errors import (
     UrlNotAllowed,
 )
 from backend.imaging import is_image_content_type
+from runtime.limits import MAX_IMAGE_BYTES
 
 Resolver = Callable[[str, int], list[str]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -97,7 +98,7 @@ class FetchPolicy:
     allow_loopback: bool = False  # tests and local development only
     connect_timeout_s: float = 3.0
     total_timeout_s: float = 10.0  # the whole download, redirects and slow-drip bodies included
-    max_bytes: int = 10 * 1024 * 1024
+    max_bytes: int = MAX_IMAGE_BYTES
     max_redirects: int = 3
     max_url_length: int = 2048
     resolver: Resolver | None = None  # host, port -> addresses; None: the system resolver

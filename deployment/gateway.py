@@ -24,10 +24,12 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository
+from runtime.limits import MAX_IMAGE_MB, MAX_REQUEST_BYTES  # standard library only
+
 # As long as Cloud Run's request timeout (BACKEND_REQUEST_TIMEOUT_SECONDS in config.env): a
 # request to a starting backend waits for its startup budget, then for its own work.
 DEADLINE_S = 60.0
-MAX_BODY_MB = 10  # the backend's MAX_REQUEST_MB
 _ID = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -132,7 +134,9 @@ def nginx_config(
     own_errors = {
         400: body("bad_request", "the gateway could not read the request"),
         408: body("request_timeout", "the request was not sent in time"),
-        413: body("payload_too_large", f"the request body is over the {MAX_BODY_MB} MB limit"),
+        413: body(
+            "payload_too_large", f"the request body is over the limit (images: {MAX_IMAGE_MB} MB)"
+        ),
         502: body("upstream_error", "the model service is not answering"),
         503: body("upstream_error", "the model service is not answering"),
         504: body("upstream_timeout", "the model service did not answer in time"),
@@ -176,7 +180,7 @@ http {{
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
-    client_max_body_size {MAX_BODY_MB}m;
+    client_max_body_size {MAX_REQUEST_BYTES};
     default_type application/json;
     server {{
         listen 127.0.0.1:{listen};

@@ -7,7 +7,9 @@ FROM ${BASE_IMAGE_URI}
 # only user that may write next to it) so a cold start does not pay for compiling.
 USER 0:0
 COPY frontend/ /app/frontend/
-RUN python -m compileall -q /app/frontend
+# The image-size limit the page shares with the backend and the gateway (standard library only).
+COPY runtime/__init__.py runtime/limits.py /app/runtime/
+RUN python -m compileall -q /app/frontend /app/runtime
 USER 10001:10001
 
 # Cloud Run sets PORT (8080 unless told otherwise); `python -m frontend` serves on it.

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from frontend.config import ConfigError, FrontendConfig
+from runtime.limits import MAX_IMAGE_MB
 
 APP = Path(__file__).resolve().with_name("app.py")
 ROOT = APP.parents[1]  # holds the `frontend` package the page imports
@@ -31,7 +32,7 @@ def streamlit_command(port: str, address: str) -> list[str]:
         "--server.fileWatcherType=none",
         "--server.runOnSave=false",
         # Uploads larger than the backend accepts (MAX_IMAGE_MB) would only be refused there.
-        "--server.maxUploadSize=10",
+        f"--server.maxUploadSize={MAX_IMAGE_MB}",
         "--client.toolbarMode=viewer",
         # The welcome banner looks up this machine's public IP on the internet; logs need
         # no banner, and main() prints the address itself.

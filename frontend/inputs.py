@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from runtime.limits import MAX_IMAGE_BYTES
+
 MAX_URL_LENGTH = 2048  # what browsers and most servers reliably accept
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the backend's default MAX_IMAGE_MB
+MAX_UPLOAD_BYTES = MAX_IMAGE_BYTES  # the backend's image limit, defined once
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
 
 
