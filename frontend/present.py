@@ -130,8 +130,13 @@ def compare_chart(frame: pd.DataFrame) -> alt.Chart:
     text = bars.mark_text(align="left", dx=4, fontSize=10).encode(
         text=alt.Text("probability:Q", format=".0%"), color=alt.value("#444")
     )
-    # Tall enough that every model's bar of a class can be read.
-    return (bars + text).properties(height=max(120, 16 * len(models) * len(labels)))
+    return bars + text
+
+
+def compare_height(frame: pd.DataFrame) -> int:
+    """Pixels for the compare chart: every model's bar of every class readable, and the legend."""
+    bars = frame["label"].nunique() * frame["model"].nunique()
+    return 90 + 14 * bars + 8 * frame["label"].nunique()
 
 
 def model_caption(info: dict[str, Any]) -> str:

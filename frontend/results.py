@@ -88,7 +88,7 @@ def draw_comparison(
 ) -> dict[str, ModelAnswer]:
     """A card per model, filled as `answers` come, then the chart across the models."""
     st.subheader("Every model on this image")
-    st.image(image, width=320, alt="The image that was classified")
+    st.image(image, width=240, alt="The image that was classified")
     slots = {}
     for start in range(0, len(models), CARDS_PER_ROW):
         row = models[start : start + CARDS_PER_ROW]
@@ -107,9 +107,11 @@ def draw_comparison(
     predictions = {m: received[m].prediction for m in models if received[m].prediction}
     if predictions:
         st.subheader("The models' top classes side by side")
+        frame = present.compare_frame(predictions)
         st.altair_chart(
-            present.compare_chart(present.compare_frame(predictions)),
+            present.compare_chart(frame),
             width="stretch",
+            height=present.compare_height(frame),  # Streamlit sets a chart's height itself
             key="compare_chart",
         )
         st.caption(

@@ -60,7 +60,9 @@ def camera_form() -> Query | None:
 def examples_form() -> Query | None:
     st.caption("Public domain and CC0 photos that ship with this page: one click classifies one.")
     asked = None
-    for column, example in zip(st.columns(len(EXAMPLES)), EXAMPLES, strict=True):
+    # Aligned at the bottom: photos of other shapes still leave the buttons in one row.
+    columns = st.columns(len(EXAMPLES), vertical_alignment="bottom")
+    for column, example in zip(columns, EXAMPLES, strict=True):
         with column:
             data = example.read()
             st.image(data, width="stretch")

@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 import requests
 
+from frontend.examples import EXAMPLES
 from tests.frontend_page import (
+    card,
     chart_rows,
+    classify_example,
     classify_upload,
     classify_url,
+    compare_all,
+    compare_rows,
     open_page,
     reset_page,
     shown_model,
@@ -125,3 +130,32 @@ def test_the_backends_own_4xx_message_is_shown(backend_server, images, monkeypat
     assert not at.exception
     assert texts(at.error) == [direct.json()["error"]["message"]]
     assert shown_model(at) is None
+
+
+def test_v2_compare_shows_each_models_own_answer(backend_server, images, monkeypatch):
+    monkeypatch.setenv("SERVING_URL", backend_server.url)
+    image_url = f"{images.url}/cat.jpg"
+    at = classify_url(compare_all(open_page()), image_url)
+    assert not at.exception
+    assert not at.error
+    for model in MODELS:
+        expected = backend_answer(backend_server.url, image_url, model)
+        shown = card(at, model)
+        top = expected["predictions"][0]
+        assert shown["markdown"][1].startswith(f"1. **{top['label']}** ")
+        assert len(shown["markdown"][1].splitlines()) == 5
+        assert " on the backend · " in shown["caption"][0]
+    assert {model for model, _, _ in compare_rows(at)} == set(MODELS)
+
+
+def test_an_example_photo_gets_the_backends_answer_for_that_photo(backend_server, monkeypatch):
+    monkeypatch.setenv("SERVING_URL", backend_server.url)
+    monkeypatch.setenv("MODEL_PICKER", "off")
+    example = EXAMPLES[0]
+    expected = requests.post(
+        f"{backend_server.url}/model/resnet18/predict",
+        files={"image": (example.path.name, example.read(), "image/jpeg")},
+        timeout=60,
+    ).json()
+    at = classify_example(open_page(), example.key)
+    assert_shows(at, expected)
