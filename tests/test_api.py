@@ -15,6 +15,7 @@ from backend.registry import ModelRegistry
 from backend.services import services
 from backend.settings import Settings
 from runtime.settings import SessionSettings
+from tests import imagegen
 from tests.imagegen import png_header_claiming
 from tests.upstream import SECRET_BODY, upstream_server
 
@@ -432,9 +433,30 @@ def test_unusual_but_valid_images_are_classified(client, data):
     assert upload(client, data).status_code == 200
 
 
-@pytest.mark.parametrize("size", [(1, 1), (1, 10_000), (10_000, 1)])
-def test_degenerate_sizes_are_200_or_422(client, size):
-    assert upload(client, encode(Image.new("RGB", size, "white"), "PNG")).status_code in (200, 422)
+def test_a_one_pixel_image_is_classified(client):
+    response = upload(client, encode(Image.new("RGB", (1, 1), "white"), "PNG"))
+    assert response.status_code == 200
+    assert len(response.get_json()["predictions"]) == 5
+
+
+@pytest.mark.parametrize("size", [(1, 10_000), (10_000, 1)])
+def test_a_one_pixel_strip_is_422_naming_its_shape(client, size):
+    error = assert_error(
+        upload(client, encode(Image.new("RGB", size, "white"), "PNG")), 422, "undecodable_image"
+    )
+    assert f"{size[0]}x{size[1]}" in error["message"] and "50 times" in error["message"]
+
+
+def test_a_jpeg_with_too_many_scans_is_422(client):
+    data = imagegen.progressive_jpeg_with_repeated_scan(4000, 2000)
+    error = assert_error(upload(client, data), 422, "undecodable_image")
+    assert "scans" in error["message"]
+
+
+def test_an_image_too_costly_to_decode_is_422(client):
+    data = imagegen.png_with_many_chunks(10 * 1024 * 1024 - 4096)
+    error = assert_error(upload(client, data), 422, "undecodable_image")
+    assert "CPU" in error["message"]
 
 
 @settings(
@@ -446,9 +468,24 @@ def test_random_bytes_get_200_or_4xx(client, data):
     assert status == 200 or 400 <= status < 500
 
 
-def test_still_serving_after_all_of_the_above(client):
-    assert client.get("/health").status_code == 200
-    assert upload(client, encode(photo(), "JPEG")).status_code == 200
+def test_still_serving_after_bad_inputs(bundles_dir):
+    # Stands alone: its own app, the bad inputs sent here, then a good image.
+    app = create_app(_settings(bundles_dir, models="resnet18"))
+    fresh = app.test_client()
+    bad = [
+        (b"", 400),
+        (_truncated_jpeg(), 422),
+        (png_header_claiming(40_000, 40_000), 413),
+        (imagegen.progressive_jpeg_with_repeated_scan(1000, 100), 422),
+        (imagegen.gif_with_many_extensions(10 * 1024 * 1024 - 4096), 422),
+        (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8, 415),
+    ]
+    for data, status in bad:
+        assert_error(upload(fresh, data), status)
+    assert fresh.get("/health").status_code == 200
+    answer = upload(fresh, encode(photo(), "JPEG"))
+    assert answer.status_code == 200
+    assert answer.get_json()["model"] == "resnet18"
 
 
 # --- review follow-ups: corners of the contract ------------------------------------------
@@ -494,7 +531,7 @@ def test_413_says_which_limit(bundles_dir):
         content_type="multipart/form-data",
     )
     error = assert_error(response, 413)
-    assert "10 MB" not in error["message"]  # the body is 600 KB: not the request-size limit
+    assert "byte limit" not in error["message"]  # the body is 600 KB: not the request limit
 
 
 def test_upload_over_the_image_cap_is_413(bundles_dir):
