@@ -1,5 +1,9 @@
 """A stand-in for the weights' origins, on 127.0.0.1: torchvision's file host and the Hub.
 
+Served over plain http: the fetch allows http only from this machine (127.0.0.1), which is
+where these servers are. The catalog pins each file's full sha256 and size, as the real one
+does for the files it can, so a frozen fetch (the image builds) accepts them.
+
 Real files in the real on-disk formats (random values) are served over real HTTP, so the
 fetch code and huggingface_hub's own download code run unchanged against them.
 """
@@ -120,6 +124,7 @@ def make_origin(root: Path, server: OriginServer) -> WeightsOrigin:
     files["resnet18_timm"] = (hub_path, hub_digest)
 
     base = server.base_url
+    sizes = {model_id: path.stat().st_size for model_id, (path, _) in files.items()}
     catalog_path = root / "catalog.toml"
     catalog_path.write_text(
         f"""
@@ -130,10 +135,14 @@ small = ["resnet18", "mobilenet_v3_large"]
 architecture = "resnet18"
 weights = "ResNet18_Weights.IMAGENET1K_V1"
 url = "{base}/models/{files["resnet18"][0].name}"
+sha256 = "{files["resnet18"][1]}"
+size = {sizes["resnet18"]}
 [models.mobilenet_v3_large]
 architecture = "mobilenet_v3_large"
 weights = "MobileNet_V3_Large_Weights.IMAGENET1K_V2"
 url = "{base}/models/{files["mobilenet_v3_large"][0].name}"
+sha256 = "{files["mobilenet_v3_large"][1]}"
+size = {sizes["mobilenet_v3_large"]}
 [models.resnet18_timm]
 architecture = "resnet18"
 weights = "ResNet18_Weights.IMAGENET1K_V1"

@@ -21,6 +21,7 @@ from weights.catalog import CatalogError, load_catalog
 from weights.demo import bake_untrained, untrained_state_dict
 from weights.fetch import FetchError, fetch
 from weights.lock import LOCK_NAME, read_lock, write_lock
+from weights.pins import read_pins
 from weights.store import WeightsError, WeightsStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,7 +215,7 @@ def test_hash_mismatch_fails_and_leaves_nothing(weights_origin, tmp_path):
     dest = tmp_path / "dest"
     with pytest.raises(FetchError, match="sha256 mismatch") as err:
         fetch(["resnet18"], dest, catalog=catalog, progress=False)
-    assert "partial file was removed" in str(err.value)
+    assert "file was removed" in str(err.value) and "pinned in the catalog" in str(err.value)
     assert list(dest.iterdir()) == []
 
 
@@ -406,3 +407,152 @@ def test_cli_unknown_id_exits_non_zero_with_the_valid_ids(tmp_path):
     assert result.returncode == 1
     assert "unknown model 'resnet9000'" in result.stderr and "resnet152" in result.stderr
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+# --- full pins: the catalog's, else the catalog's committed lock -------------------------------
+
+CONFIRMED = {
+    "resnet18": ("f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec", 46_830_571),
+    "vgg16": ("397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", 553_433_881),
+    "mobilenet_v3_large": (
+        "5c1a416349c4cf298f2a6a5e2600ed0ee55e604713578f5e74e6bc8bcaef7997",
+        22_132_113,
+    ),
+    "efficientnet_b0": (
+        "7f5810bc96def8f7552d5b7e68d53c4786f81167d28291b21c0d90e1fca14934",
+        21_444_401,
+    ),
+}
+
+
+def test_builtin_catalog_pins_the_four_confirmed_files():
+    catalog = load_catalog()
+    for model_id, pin in CONFIRMED.items():
+        entry = catalog.entry(model_id)
+        assert entry.pin == pin and pin[0].startswith(entry.hash_prefix)
+    assert {m for m, e in catalog.models.items() if e.pin is None} == {
+        "resnet152",
+        "convnext_base",
+        "swin_b",
+    }
+
+
+@pytest.mark.parametrize(
+    ("pin", "complaint"),
+    [
+        ('sha256 = "' + "0" * 64 + '"', "does not start with"),
+        ('sha256 = "f37072fd"', "64 lowercase hex"),
+        ("size = -1", "positive number of bytes"),
+    ],
+)
+def test_a_wrong_pin_in_the_catalog_is_named(tmp_path, pin, complaint):
+    path = tmp_path / "catalog.toml"
+    spec = 'architecture = "resnet18"\nweights = "ResNet18_Weights.IMAGENET1K_V1"'
+    path.write_text(f'default = "m"\n[models.m]\n{spec}\n{pin}\n')
+    with pytest.raises(CatalogError, match=complaint):
+        load_catalog(path)
+
+
+def _unpinned_catalog(weights_origin, tmp_path) -> Path:
+    """The test catalog without its torchvision pins: what a user's new model looks like."""
+    lines = weights_origin.catalog_path.read_text().splitlines()
+    kept = [line for line in lines if not line.startswith(("sha256 = ", "size = "))]
+    hub_pin = f'sha256 = "{weights_origin.files["resnet18_timm"][1]}"'
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        "\n".join(kept).replace(
+            "[models.resnet18_timm.hub]", "[models.resnet18_timm.hub]\n" + hub_pin
+        )
+        + "\n"
+    )
+    return path
+
+
+def test_a_file_with_the_right_prefix_but_not_the_pinned_digest_is_refused(
+    weights_origin, tmp_path
+):
+    # The same file name (so the same 8-hex prefix) serving other bytes: what a forged file
+    # costs ~2^32 hashes to make. The full pin refuses it.
+    catalog = _serve_wrong_file(weights_origin, tmp_path)
+    assert catalog.entry("resnet18").file_name == weights_origin.files["resnet18"][0].name
+    with pytest.raises(FetchError, match="pinned in the catalog"):
+        fetch(["resnet18"], tmp_path / "dest", catalog=catalog, progress=False)
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_first_fetch_pins_the_file_in_the_catalog_lock_and_later_ones_verify(
+    weights_origin, tmp_path, capsys
+):
+    catalog = load_catalog(_unpinned_catalog(weights_origin, tmp_path))
+    lock = tmp_path / "catalog.lock"
+    fetch(["resnet18"], tmp_path / "first", catalog=catalog, progress=False)
+    [pin] = read_pins(lock).values()
+    path, digest = weights_origin.files["resnet18"]
+    assert (pin.file, pin.sha256, pin.size) == (path.name, digest, path.stat().st_size)
+    assert "commit it" in capsys.readouterr().out
+    # A lock that pins other bytes (same prefix): the next fetch refuses what is served.
+    data = json.loads(lock.read_text())
+    data["models"]["resnet18"]["sha256"] = digest[:8] + "0" * 56
+    lock.write_text(json.dumps(data))
+    with pytest.raises(FetchError, match=r"pinned in .*catalog\.lock"):
+        fetch(["resnet18"], tmp_path / "second", catalog=catalog, progress=False)
+
+
+def test_a_frozen_fetch_refuses_an_unpinned_file_before_downloading(weights_origin, tmp_path):
+    catalog = load_catalog(_unpinned_catalog(weights_origin, tmp_path))
+    before = len(weights_origin.server.gets())
+    with pytest.raises(FetchError) as err:
+        fetch(["resnet18"], tmp_path / "dest", catalog=catalog, progress=False, frozen=True)
+    message = str(err.value)
+    assert "no full sha256 pin for resnet18" in message and "commit" in message
+    assert len(weights_origin.server.gets()) == before
+    assert not (tmp_path / "catalog.lock").exists()
+
+
+def test_a_frozen_fetch_accepts_what_the_committed_lock_pins(weights_origin, tmp_path):
+    catalog = load_catalog(_unpinned_catalog(weights_origin, tmp_path))
+    fetch(["resnet18"], tmp_path / "first", catalog=catalog, progress=False)
+    lock_before = (tmp_path / "catalog.lock").read_text()
+    [record] = fetch(["resnet18"], tmp_path / "d", catalog=catalog, progress=False, frozen=True)
+    assert record.sha256 == weights_origin.files["resnet18"][1]
+    assert (tmp_path / "catalog.lock").read_text() == lock_before
+
+
+def test_cli_frozen_switch_and_environment(weights_origin, tmp_path):
+    env = {"WEIGHTS_CATALOG": str(_unpinned_catalog(weights_origin, tmp_path))}
+    dest = str(tmp_path / "d")
+    for extra, more_env in [(["--frozen"], {}), ([], {"WEIGHTS_FROZEN": "1"})]:
+        result = run_cli(
+            "fetch",
+            "--models",
+            "resnet18",
+            "--dest",
+            dest,
+            "--no-progress",
+            *extra,
+            env={**env, **more_env},
+        )
+        assert result.returncode == 1 and "no full sha256 pin" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["http://mirror.example.com/weights/", "ftp://mirror.example.com/", "http://10.0.0.5/"],
+)
+def test_a_plain_http_mirror_is_refused_before_any_connection(
+    weights_origin, tmp_path, source, monkeypatch
+):
+    def no_connection(*args, **kwargs):
+        raise AssertionError("a refused mirror must not be dialled")
+
+    monkeypatch.setattr(socket, "create_connection", no_connection)
+    with pytest.raises(FetchError, match="not https"):
+        fetch(["resnet18"], tmp_path, catalog=weights_origin.catalog, mirror=source)
+    with pytest.raises(FetchError, match="not https"):
+        fetch(
+            ["resnet18_timm"],
+            tmp_path,
+            catalog=weights_origin.catalog,
+            hub_endpoint=source,
+            progress=False,
+        )

@@ -24,6 +24,12 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--mirror", help="base URL serving torchvision's files ($WEIGHTS_MIRROR)")
     fetch.add_argument("--hub-endpoint", help="Hugging Face Hub endpoint ($HF_ENDPOINT)")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bars")
+    fetch.add_argument(
+        "--frozen",
+        action="store_true",
+        help="refuse any file the catalog or its committed lock does not pin ($WEIGHTS_FROZEN=1;"
+        " image builds)",
+    )
 
     demo = sub.add_parser("demo", help="write UNTRAINED random weights (offline demos, tests)")
     demo.add_argument("--models", required=True)
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 mirror=args.mirror,
                 hub_endpoint=args.hub_endpoint,
                 progress=not args.no_progress,
+                frozen=True if args.frozen else None,
             )
             total = sum(r.size for r in records) / 1e6
             print(f"{len(records)} file(s), {total:.1f} MB in {args.dest} (lock: weights.lock)")

@@ -56,6 +56,10 @@ class CatalogEntry:
     architecture: str
     weights: str
     url: str | None = None  # overrides the weights' own URL (tests, private mirrors)
+    # The file's full sha256 and size, where independent sources confirm them (torchvision
+    # names its files by a 32-bit prefix only); others are pinned by the catalog's lock.
+    sha256: str | None = None
+    size: int | None = None
     hub: HubSource | None = None
     preprocessing: Preprocessing | None = None  # only where it differs from the weights' own
 
@@ -157,7 +161,8 @@ class CatalogEntry:
     @classmethod
     def from_dict(cls, model_id: str, data: dict[str, Any]) -> CatalogEntry:
         data = {k: v for k, v in data.items() if k != "id"}
-        unknown = set(data) - {"architecture", "weights", "url", "hub", "preprocessing"}
+        known = {"architecture", "weights", "url", "sha256", "size", "hub", "preprocessing"}
+        unknown = set(data) - known
         if unknown:
             raise CatalogError(f"model {model_id!r}: unknown keys {sorted(unknown)}")
         try:
@@ -186,6 +191,27 @@ class CatalogEntry:
             raise CatalogError(f"{where}: {self.weights} are not weights for {self.architecture}")
         if self.hub is None and self.hash_prefix is None:
             raise CatalogError(f"{where}: the file name {self.file_name!r} has no hash prefix")
+        if self.sha256 is not None:
+            if self.hub is not None:
+                raise CatalogError(f"{where}: a hub entry's sha256 goes in its hub table")
+            if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+                raise CatalogError(f"{where}: sha256 must be 64 lowercase hex digits")
+            if not self.sha256.startswith(self.hash_prefix or ""):
+                raise CatalogError(
+                    f"{where}: sha256 {self.sha256[:12]}... does not start with the file "
+                    f"name's prefix {self.hash_prefix}"
+                )
+        if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
+            raise CatalogError(f"{where}: size must be a positive number of bytes")
+
+    @property
+    def pin(self) -> tuple[str, int | None] | None:
+        """The full sha256 (and size) the catalog itself pins the file to, if it does."""
+        if self.hub is not None:
+            return self.hub.sha256, self.hub.size
+        if self.sha256 is not None:
+            return self.sha256, self.size
+        return None
 
 
 @dataclass(frozen=True)
