@@ -76,7 +76,7 @@ COPY weights/ /build/weights/
 RUN if [ -z "${WEIGHTS_MIRROR}" ]; then unset WEIGHTS_MIRROR; fi; \
     if [ -z "${HF_ENDPOINT}" ]; then unset HF_ENDPOINT; fi; \
     if [ -z "${WEIGHTS_CATALOG}" ]; then unset WEIGHTS_CATALOG; fi; \
-    python -m weights fetch --models "${MODELS}" --dest /build/weights-files --no-progress \
+    python -m weights fetch --frozen --models "${MODELS}" --dest /build/weights-files --no-progress \
     && python -m weights verify --dest /build/weights-files
 
 # Export to ONNX and verify against torchvision, model by model; the build fails here if a

@@ -556,3 +556,9 @@ def test_a_plain_http_mirror_is_refused_before_any_connection(
             hub_endpoint=source,
             progress=False,
         )
+
+
+def test_image_builds_fetch_frozen():
+    dockerfile = (ROOT / "docker" / "backend-base.Dockerfile").read_text()
+    [line] = [line for line in dockerfile.splitlines() if "python -m weights fetch" in line]
+    assert "--frozen" in line.split()
