@@ -342,6 +342,8 @@ BOMBS = {
     "png-ztxt-bomb": (lambda: imagegen.png_with_ztxt_bomb(FILL), "corrupt"),
     "png-36mp-rgba16": (lambda: imagegen.png(6000, 6000, mode="rgba16"), "CPU"),
     "gif-comment-blocks": (lambda: imagegen.gif_with_many_extensions(FILL), "CPU"),
+    "webp-36mp-rgba": (lambda: encode(Image.new("RGBA", (6000, 6000), (9, 8, 7, 6)), "WEBP"), None),
+    "gif-36mp": (lambda: encode(Image.new("P", (6000, 6000), 3), "GIF"), None),
     "bmp-rle8-one-pixel-runs": (lambda: imagegen.bmp_rle8_single_pixel_runs(4000, 1300), "CPU"),
 }
 
