@@ -109,7 +109,7 @@ def test_a_user_compares_every_model_on_an_example_photo(
 
     page.get_by_text("Compare every model").click()
     expect(page.get_by_role("combobox", name="Model")).to_be_disabled()
-    page.get_by_role("tab", name="Examples").click()
+    open_tab(page, "Examples")
     expect(page.locator("img").nth(0)).to_be_visible()
     page.get_by_role("button", name=example.title).click()
 
@@ -145,7 +145,7 @@ def test_each_models_answer_shows_as_soon_as_it_arrives(browser, tmp_path):
             page = browser.new_page(viewport={"width": 1100, "height": 1400})
             page.goto(process.url)
             page.get_by_text("Compare every model").click()
-            page.get_by_role("tab", name="Examples").click()
+            open_tab(page, "Examples")
             page.get_by_role("button", name=EXAMPLES[1].title).click()
 
             # The quick model's card is filled while the slow one is still being waited for.
@@ -158,6 +158,16 @@ def test_each_models_answer_shows_as_soon_as_it_arrives(browser, tmp_path):
             page.close()
         finally:
             process.stop()
+
+
+def open_tab(page, name: str) -> None:
+    """Click a tab once the rerun a click started is over: until then Streamlit keeps the
+    previous run's elements on the page beside the new ones (two tabs of each name)."""
+    from playwright.sync_api import expect
+
+    tab = page.get_by_role("tab", name=name)
+    expect(tab).to_have_count(1, timeout=30_000)
+    tab.click()
 
 
 def save_screenshot(page, directory: Path, name: str) -> Path:
