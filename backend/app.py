@@ -11,7 +11,8 @@ from dataclasses import replace
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from backend.errors import ApiError
+from backend.budget import PixelBudget
+from backend.errors import ApiError, Busy
 from backend.imaging import ImagePolicy
 from backend.logs import configure_logging, request_context, trace_fields
 from backend.process import configure_process
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             max_bytes=settings.max_image_bytes,
         ),
         image_policy=ImagePolicy(max_pixels=settings.max_image_pixels),
+        pixel_budget=PixelBudget(settings.decode_budget_pixels, settings.decode_wait_s),
     ).install(app)
     models.start()
 
@@ -78,7 +80,10 @@ def stop_loading(app: Flask) -> None:
 def _register_error_handlers(app: Flask, settings: Settings) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
-        return jsonify(exc.to_body()), exc.status
+        response = jsonify(exc.to_body())
+        if isinstance(exc, Busy):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response, exc.status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -60,6 +60,17 @@ class NotReady(ApiError):
     code = "not_ready"
 
 
+class Busy(ApiError):
+    """The instance is at a bound it keeps on purpose (memory): the client should retry."""
+
+    status = 503
+    code = "busy"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class UpstreamError(ApiError):
     status = 502
     code = "upstream_error"

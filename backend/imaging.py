@@ -37,6 +37,7 @@ import re
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -131,8 +132,15 @@ class ImagePolicy:
             raise ValueError("max_jpeg_scans and max_decode_cpu_s must be positive")
 
 
-def decode_image(data: bytes, policy: ImagePolicy) -> Image.Image:
-    """Return the first frame of `data` as an upright RGB image, transparency on white."""
+def decode_image(
+    data: bytes, policy: ImagePolicy, reserve: Callable[[int], None] | None = None
+) -> Image.Image:
+    """Return the first frame of `data` as an upright RGB image, transparency on white.
+
+    `reserve(pixels)`, if given, is called with the number of pixels about to be decoded (after
+    any reduced-size JPEG decode), once the header is checked and before any pixel is allocated:
+    the caller's bound on the pixels in flight (backend.budget) may make it wait there.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadRequest("the image must be sent as bytes")
     if len(data) == 0:
@@ -146,6 +154,8 @@ def decode_image(data: bytes, policy: ImagePolicy) -> Image.Image:
     image.decodermaxblock = _DECODE_BLOCK
     if image.format in {"JPEG", "MPO"}:
         image.draft(None, _DRAFT_SIZE)  # no-op below 2048 pixels on the short side
+    if reserve is not None:
+        reserve(image.width * image.height)
     try:
         # load() is where truncated data shows: a cut JPEG passes Image.verify().
         image.load()

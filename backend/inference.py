@@ -1,7 +1,9 @@
 """Pure inference: preprocess -> forward -> postprocess, with per-stage timings.
 
-No Flask here: `predict` takes a decoded RGB image and a model session and returns the
-answer as plain data. Preprocessing (Pillow, numpy) runs on the request's own thread; the
+No Flask here: `prepare` turns a decoded RGB image into the model's input, `predict` that input
+into the answer, as plain data; apart, so the caller can free the decoded pixels (and give
+them back to its budget, backend.budget) before the forward pass. Preprocessing (Pillow,
+numpy) runs on the request's own thread; the
 forward pass runs on the registry's inference threads (INFERENCE_CONCURRENCY, default 1):
 one forward at a time already uses every core (its intra-op threads), and a bounded number
 of them bounds the activation memory in flight (benchmarks/RESULTS.md has the measurements).
@@ -13,6 +15,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from runtime.session import ModelSession, top_classes
@@ -39,18 +42,21 @@ class Answer:
         return body
 
 
+def prepare(image: Image.Image, session: ModelSession) -> tuple[np.ndarray, float]:
+    """The model input of `image` (a few hundred KB whatever the image), and its milliseconds."""
+    start = time.perf_counter()
+    batch = session.preprocess([image])
+    return batch, ms_since(start)
+
+
 def predict(
-    image: Image.Image, session: ModelSession, top_k: int, runner: Executor | None = None
+    batch: np.ndarray, session: ModelSession, top_k: int, runner: Executor | None = None
 ) -> Answer:
-    """The top-k ImageNet classes of `image` under `session`, best first.
+    """The top-k ImageNet classes of a prepared one-image `batch` under `session`, best first.
 
     `runner` runs the forward pass (the registry's inference threads); None runs it here.
     """
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    batch = session.preprocess([image])
-    timings["preprocess"] = ms_since(start)
-
     submitted = time.perf_counter()
 
     def forward():

@@ -10,7 +10,7 @@ from flask import Blueprint, g, jsonify, request
 from backend.errors import NotReady
 from backend.imaging import decode_image
 from backend.inference import ms_since as _ms
-from backend.inference import predict
+from backend.inference import predict, prepare
 from backend.intake import parse_predict_request
 from backend.services import services
 from backend.urlfetch import fetch_url
@@ -79,11 +79,18 @@ def _predict(path_model: str | None):
     else:
         data = parsed.image
 
+    # The decoded pixels are held, within the process's budget of pixels in flight, only until
+    # the model input is made: the forward pass and its queue run without them.
     start = time.perf_counter()
-    image = decode_image(data, serving.image_policy)
-    timings["decode"] = _ms(start)
+    with serving.pixel_budget.claim() as claim:
+        image = decode_image(data, serving.image_policy, reserve=claim.reserve)
+        timings["decode"] = _ms(start)
+        batch, timings["preprocess"] = prepare(image, session)
+        del image
+    if claim.waited_ms >= 1:  # it had to wait for room: say so in the timings
+        timings["budget_wait"] = claim.waited_ms
 
-    answer = predict(image, session, parsed.top_k, serving.models.runner)
+    answer = predict(batch, session, parsed.top_k, serving.models.runner)
     timings.update(answer.timings_ms)
     timings["total"] = _ms(g.start)  # since the request arrived (backend.app)
     g.timings_ms = timings

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from backend.budget import PixelBudget
 from backend.imaging import ImagePolicy
 from backend.registry import ModelRegistry
 from backend.settings import Settings
@@ -20,6 +21,7 @@ class Services:
     models: ModelRegistry
     fetch_policy: FetchPolicy
     image_policy: ImagePolicy
+    pixel_budget: PixelBudget
 
     def install(self, app: Flask) -> None:
         app.extensions[_EXTENSION] = self

@@ -41,6 +41,11 @@ class Settings:
     max_request_bytes: int = MAX_REQUEST_BYTES
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_image_pixels: int = 36_000_000
+    # Decoded pixels all requests of the process hold at once (backend/budget.py), and how long
+    # a request waits for room before a 503 with Retry-After. Two of the largest images at a
+    # time: sized from the memory each decoded pixel costs under load (benchmarks/RESULTS.md).
+    decode_budget_pixels: int = 72_000_000
+    decode_wait_s: float = 5.0
     url_allowed_ports: frozenset[int] = frozenset({80, 443})
     url_allow_loopback: bool = False  # tests and local development only
     url_connect_timeout_s: float = 3.0
@@ -93,6 +98,10 @@ class Settings:
             max_request_bytes=max_request_bytes(image_mb * 1024 * 1024),
             max_image_bytes=image_mb * 1024 * 1024,
             max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", 36_000_000, minimum=1),
+            decode_budget_pixels=reader.integer(
+                "DECODE_BUDGET_PIXELS", cls.decode_budget_pixels, minimum=1
+            ),
+            decode_wait_s=reader.number("DECODE_WAIT_S", cls.decode_wait_s),
             url_allowed_ports=frozenset(reader.integers("URL_ALLOWED_PORTS", [80, 443])),
             url_allow_loopback=reader.flag("URL_ALLOW_LOOPBACK", False),
             url_connect_timeout_s=reader.number("URL_CONNECT_TIMEOUT_S", 3.0),
