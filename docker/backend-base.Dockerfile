@@ -73,10 +73,20 @@ ARG WEIGHTS_CATALOG=""
 COPY runtime/__init__.py runtime/files.py runtime/preprocess.py runtime/selection.py /build/runtime/
 COPY weights/ /build/weights/
 # Empty mirror/endpoint/catalog arguments mean "not set": unset them so nothing reads "".
+# With the catalog's lock committed (weights/catalog.lock), the fetch is frozen: every file must
+# match its full sha256 pin, of the catalog or the lock, and an unpinned one fails the build.
+# Without a lock yet (a fresh clone), the first build still works: files the catalog pins are
+# verified in full, the others by torchvision's hash prefix, and the build log prints each pin
+# with a warning to commit the lock (README, Weights), after which every build is frozen.
 RUN if [ -z "${WEIGHTS_MIRROR}" ]; then unset WEIGHTS_MIRROR; fi; \
     if [ -z "${HF_ENDPOINT}" ]; then unset HF_ENDPOINT; fi; \
     if [ -z "${WEIGHTS_CATALOG}" ]; then unset WEIGHTS_CATALOG; fi; \
-    python -m weights fetch --frozen --models "${MODELS}" --dest /build/weights-files --no-progress \
+    catalog="${WEIGHTS_CATALOG:-/build/weights/catalog.toml}"; lock="${catalog%.toml}.lock"; \
+    if [ -f "${lock}" ]; then frozen=--frozen; else frozen=""; \
+      echo "warning: no ${lock} committed: unpinned weights are trusted on first download;" \
+        "commit the pins printed below (README, Weights) to freeze every later build" >&2; fi; \
+    python -m weights fetch ${frozen} --models "${MODELS}" --dest /build/weights-files \
+      --no-progress \
     && python -m weights verify --dest /build/weights-files
 
 # Export to ONNX and verify against torchvision, model by model; the build fails here if a

@@ -292,8 +292,13 @@ def test_code_image_is_thin_and_built_from_a_given_base(component):
     text = (DOCKER / f"{component}.Dockerfile").read_text()
     assert re.search(r"^ARG BASE_IMAGE_URI$", text, flags=re.MULTILINE)
     assert re.search(r"^FROM \$\{BASE_IMAGE_URI\}$", text, flags=re.MULTILINE)
-    copies = re.findall(r"^COPY\s+(\S+)", text, flags=re.MULTILINE)
-    assert copies == [f"{component}/"], "the code image copies its own code only"
+    copies = re.findall(r"^COPY\s+(.+?)\s+\S+$", text, flags=re.MULTILINE)
+    # Its own code only; the page also takes the one shared definition of the size limits.
+    expected = {
+        "backend": ["backend/"],
+        "frontend": ["frontend/", "runtime/__init__.py runtime/limits.py"],
+    }
+    assert copies == expected[component], "the code image copies its own code only"
     assert re.search(r"^ENV PORT=8080$", text, flags=re.MULTILINE)
     assert re.search(r"^EXPOSE 8080$", text, flags=re.MULTILINE)
     cmd = re.findall(r"^CMD (.+)$", text, flags=re.MULTILINE)
@@ -835,3 +840,48 @@ def test_a_pinned_python_image_is_a_valid_substitution_value():
         text = (DOCKER / f"{component}-base.Dockerfile").read_text()
         froms = re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE)
         assert froms and set(froms) == {"${PYTHON_IMAGE}"}, froms
+
+
+# --- the weights fetch of the image build: frozen once the lock is committed ------------------
+
+
+def _fetch_step() -> str:
+    """The backend base's RUN that fetches the weights, as the shell runs it."""
+    text = (DOCKER / "backend-base.Dockerfile").read_text().replace("\\\n", " ")
+    (run,) = [line for line in text.splitlines() if "weights fetch" in line]
+    return run.removeprefix("RUN ")
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["lock-committed", "no-lock-yet"])
+def test_image_builds_fetch_frozen_once_the_lock_is_committed(tmp_path, committed):
+    (tmp_path / "catalog.toml").write_text("")
+    if committed:
+        (tmp_path / "catalog.lock").write_text("{}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text('#!/bin/sh\necho "python $*" >> "$CALLS"\n')
+    (bin_dir / "python").chmod(0o755)
+    done = subprocess.run(
+        ["sh", "-c", _fetch_step()],
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "CALLS": str(tmp_path / "calls"),
+            "MODELS": "v1",
+            "WEIGHTS_MIRROR": "",
+            "HF_ENDPOINT": "",
+            "WEIGHTS_CATALOG": str(tmp_path / "catalog.toml"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    fetch, verify = (tmp_path / "calls").read_text().splitlines()
+    assert fetch.startswith("python -m weights fetch") and "--models v1" in fetch
+    assert verify.startswith("python -m weights verify")
+    if committed:
+        assert "--frozen" in fetch.split() and done.stderr == ""
+    else:
+        assert "--frozen" not in fetch.split()
+        assert "no " + str(tmp_path / "catalog.lock") + " committed" in done.stderr
+        assert "commit the pins" in done.stderr
