@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from backend.errors import BadRequest, PayloadTooLarge, UndecodableImage, UnsupportedMedia
+from runtime.limits import MAX_IMAGE_PIXELS
 
 DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP"})
 
@@ -114,7 +115,7 @@ class ImagePolicy:
     """
 
     allowed_formats: frozenset[str] = DEFAULT_FORMATS
-    max_pixels: int = 36_000_000
+    max_pixels: int = MAX_IMAGE_PIXELS
     max_aspect_ratio: float = 50.0
     max_jpeg_scans: int = 32
     max_decode_cpu_s: float = 0.8

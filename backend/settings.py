@@ -7,7 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_MB, MAX_REQUEST_BYTES, max_request_bytes
+from runtime.limits import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_MB,
+    MAX_IMAGE_PIXELS,
+    MAX_REQUEST_BYTES,
+    max_request_bytes,
+)
 from runtime.settings import OPTIMIZATION_LEVELS, SessionSettings, available_cpus
 
 
@@ -40,11 +46,11 @@ class Settings:
     # request's leaves room for the multipart framing around an upload of that size.
     max_request_bytes: int = MAX_REQUEST_BYTES
     max_image_bytes: int = MAX_IMAGE_BYTES
-    max_image_pixels: int = 36_000_000
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     # Decoded pixels all requests of the process hold at once (backend/budget.py), and how long
     # a request waits for room before a 503 with Retry-After. Two of the largest images at a
     # time: sized from the memory each decoded pixel costs under load (benchmarks/RESULTS.md).
-    decode_budget_pixels: int = 72_000_000
+    decode_budget_pixels: int = 2 * MAX_IMAGE_PIXELS
     decode_wait_s: float = 5.0
     url_allowed_ports: frozenset[int] = frozenset({80, 443})
     url_allow_loopback: bool = False  # tests and local development only
@@ -97,7 +103,7 @@ class Settings:
             inference_concurrency=reader.integer("INFERENCE_CONCURRENCY", 1, minimum=1),
             max_request_bytes=max_request_bytes(image_mb * 1024 * 1024),
             max_image_bytes=image_mb * 1024 * 1024,
-            max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", 36_000_000, minimum=1),
+            max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS, minimum=1),
             decode_budget_pixels=reader.integer(
                 "DECODE_BUDGET_PIXELS", cls.decode_budget_pixels, minimum=1
             ),

@@ -75,6 +75,10 @@ def main() -> None:
     query = ask_for_an_image()
     if query is not None:
         answer(client, choice, query)  # drawn as it arrives
+        if query.from_upload:
+            # Drawn again at once, from the session's outcome, with the uploader empty under its
+            # new key: Streamlit drops the file now, not at the user's next click.
+            st.rerun()
     elif "outcome" in st.session_state:
         show(st.session_state.outcome)
 

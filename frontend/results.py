@@ -20,7 +20,9 @@ CARDS_PER_ROW = 2  # four models in two rows: each card stays wide enough to rea
 class Outcome:
     """One model's answer about one image, or what went wrong."""
 
-    image: str | bytes | None = None  # a URL (the browser loads it) or the sent bytes
+    # A URL (the browser loads it) or a small preview of the sent bytes (frontend.preview);
+    # None: nothing to show (a refused input, or one the page could not preview).
+    image: str | bytes | None = None
     prediction: Prediction | None = None  # with `image`, or else `error`
     round_trip_ms: float = 0.0
     error: str | None = None
@@ -31,7 +33,7 @@ class Outcome:
 class Comparison:
     """Every model's answer about one image, in the models' order."""
 
-    image: str | bytes
+    image: str | bytes | None  # as Outcome.image
     models: tuple[str, ...]
     answers: tuple[ModelAnswer, ...]
 
@@ -45,15 +47,16 @@ def ask_one(client: BackendClient, query: Query, model: str) -> Outcome:
     except BackendError as exc:
         # No image with an error: the backend may have refused it as undecodable.
         return Outcome(error=str(exc))
-    return Outcome(query.image, prediction, (time.perf_counter() - start) * 1000)
+    return Outcome(query.shown(), prediction, (time.perf_counter() - start) * 1000)
 
 
 def ask_every_model(client: BackendClient, query: Query, models: list[str]) -> Comparison:
     """All the models at once; each answer is drawn the moment it arrives."""
+    shown = query.shown()
     answers = draw_comparison(
-        query.image, models, ask_all(models, lambda model: query.send(client, model))
+        shown, models, ask_all(models, lambda model: query.send(client, model))
     )
-    return Comparison(query.image, tuple(models), tuple(answers[m] for m in models))
+    return Comparison(shown, tuple(models), tuple(answers[m] for m in models))
 
 
 def show(outcome: Outcome | Comparison) -> None:
@@ -66,12 +69,13 @@ def show(outcome: Outcome | Comparison) -> None:
 def show_outcome(outcome: Outcome) -> None:
     if outcome.error:
         (st.warning if outcome.input_problem else st.error)(outcome.error)
-    if outcome.prediction is None or outcome.image is None:
+    if outcome.prediction is None:
         return
     prediction = outcome.prediction
     left, right = st.columns([2, 3])
     with left:
-        st.image(outcome.image, width="stretch", alt="The image that was classified")
+        if outcome.image is not None:
+            st.image(outcome.image, width="stretch", alt="The image that was classified")
     with right:
         st.markdown(present.headline(prediction))
         st.caption(present.provenance(prediction, outcome.round_trip_ms))
@@ -84,11 +88,12 @@ def show_outcome(outcome: Outcome) -> None:
 
 
 def draw_comparison(
-    image: str | bytes, models: list[str], answers: Iterable[ModelAnswer]
+    image: str | bytes | None, models: list[str], answers: Iterable[ModelAnswer]
 ) -> dict[str, ModelAnswer]:
     """A card per model, filled as `answers` come, then the chart across the models."""
     st.subheader("Every model on this image")
-    st.image(image, width=240, alt="The image that was classified")
+    if image is not None:
+        st.image(image, width=240, alt="The image that was classified")
     slots = {}
     for start in range(0, len(models), CARDS_PER_ROW):
         row = models[start : start + CARDS_PER_ROW]

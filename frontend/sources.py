@@ -13,6 +13,10 @@ import streamlit as st
 from frontend.client import BackendClient, Prediction
 from frontend.examples import EXAMPLES
 from frontend.inputs import UPLOAD_TYPES, check_image_url, check_upload
+from frontend.preview import preview
+
+UPLOAD_KEY = "upload"  # the uploader's key is this and its generation: upload_0, upload_1...
+UPLOAD_GENERATION = "upload_generation"
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,11 @@ class Query:
     image: str | bytes  # also what the page shows: the browser loads a URL itself
     filename: str = "image"
     content_type: str = "application/octet-stream"
+    from_upload: bool = False  # the uploader holds the file until the page is drawn again
+
+    def shown(self) -> str | bytes | None:
+        """What the page shows and keeps of it: the URL, or a small preview (frontend.preview)."""
+        return self.image if isinstance(self.image, str) else preview(self.image)
 
     def send(self, client: BackendClient, model: str) -> Prediction:
         if isinstance(self.image, str):
@@ -40,9 +49,16 @@ def url_form() -> Query | None:
 
 
 def upload_form() -> Query | None:
-    upload = st.file_uploader("Image file", type=list(UPLOAD_TYPES), key="upload")
+    # Once sent, the file is let go: the uploader comes back empty under a new key, so Streamlit
+    # drops the file's bytes (up to 10 MB per session), and the session keeps a preview only.
+    generation = st.session_state.get(UPLOAD_GENERATION, 0)
+    upload = st.file_uploader(
+        "Image file", type=list(UPLOAD_TYPES), key=f"{UPLOAD_KEY}_{generation}"
+    )
     if st.button("Classify upload", key="classify_upload", disabled=upload is None):
-        return Query(check_upload(upload.getvalue()), upload.name, upload.type)
+        query = Query(check_upload(upload.getvalue()), upload.name, upload.type, from_upload=True)
+        st.session_state[UPLOAD_GENERATION] = generation + 1
+        return query
     return None
 
 

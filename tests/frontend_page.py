@@ -41,7 +41,9 @@ def classify_url(at: AppTest, url: str) -> AppTest:
 
 
 def classify_upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
-    at.file_uploader(key="upload").set_value((name, data, mime))
+    # The uploader comes back under a new key after each upload it sent (frontend.sources).
+    generation = at.session_state.get("upload_generation", 0)
+    at.file_uploader(key=f"upload_{generation}").set_value((name, data, mime))
     at.run()
     return at.button(key="classify_upload").click().run()
 
