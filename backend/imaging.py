@@ -22,9 +22,12 @@ thread's CPU clock at every read (Pillow parses chunk by chunk and feeds its dec
 time here), and the steps after loading are checked too. Before that, cheap checks refuse what
 is costly by construction: JPEGs with more than `max_jpeg_scans` scans (counted on the bytes,
 before any decoding: libjpeg has a scan limit, Pillow does not expose it) and EXIF blocks larger
-than a JPEG can carry (64 KB; larger ones are ignored, as corrupt EXIF is). Large JPEGs are
-decoded with libjpeg's DCT scaling (Pillow's `draft`) to no less than 1024 pixels on the short
-side: the models see 224-480, and a 36 MP photo decodes in a fifth of the time.
+than a JPEG can carry (64 KB; larger ones are ignored, as corrupt EXIF is). Every image is
+decoded at full size, as torchvision's `Image.open(...).convert("RGB")` does: libjpeg's reduced
+decode (Pillow's `draft`) would save memory, which the pixel budget bounds anyway
+(backend/budget.py), but it changes the answer — measured on large JPEGs, resnet152's top-1
+differed in 2 of 8 and probabilities by up to 9e-3 (benchmarks/RESULTS.md) — and it saves
+little CPU (a 36 MP progressive JPEG: 0.30 s reduced, 0.32 s in full).
 Animated GIF/WebP: only the first frame is ever decoded. Pillow's own limits stay in force:
 `ImageFile.LOAD_TRUNCATED_IMAGES` off (a truncated image is a 422), PNG text chunks bounded by
 `PngImagePlugin.MAX_TEXT_CHUNK` (1 MB each) and `MAX_TEXT_MEMORY` (64 MB in all).
@@ -73,8 +76,6 @@ _DECODE_BLOCK = 4096
 # The most EXIF a JPEG can carry (one APP1 segment); a larger block (PNG eXIf, WebP EXIF) is not
 # a camera's, and parsing its 65535 entries would cost most of a second.
 _MAX_EXIF_BYTES = 65535
-# JPEGs larger than this on both sides are decoded at 1/2, 1/4 or 1/8 scale, never below it.
-_DRAFT_SIZE = (1024, 1024)
 # What rotating and converting a loaded image to RGB costs at most, per pixel (alpha blending on
 # white, measured here: ~0.4 s for 36 M pixels), reserved from the budget before they start.
 _FINISH_CPU_S_PER_PIXEL = 12e-9
@@ -138,8 +139,8 @@ def decode_image(
 ) -> Image.Image:
     """Return the first frame of `data` as an upright RGB image, transparency on white.
 
-    `reserve(pixels)`, if given, is called with the number of pixels about to be decoded (after
-    any reduced-size JPEG decode), once the header is checked and before any pixel is allocated:
+    `reserve(pixels)`, if given, is called with the number of pixels about to be decoded, once
+    the header is checked and before any pixel is allocated:
     the caller's bound on the pixels in flight (backend.budget) may make it wait there.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -153,8 +154,6 @@ def decode_image(
     image = _open_header(_BudgetedInput(data, budget), policy)
     _check_dimensions(image.size, policy)
     image.decodermaxblock = _DECODE_BLOCK
-    if image.format in {"JPEG", "MPO"}:
-        image.draft(None, _DRAFT_SIZE)  # no-op below 2048 pixels on the short side
     if reserve is not None:
         reserve(image.width * image.height)
     try:

@@ -49,9 +49,11 @@ class Settings:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     # Decoded pixels all requests of the process hold at once (backend/budget.py), and how long
     # a request waits for room before a 503 with Retry-After. Two of the largest images at a
-    # time: sized from the memory each decoded pixel costs under load (benchmarks/RESULTS.md).
+    # time: each costs ~145 MiB while decoded (benchmarks/RESULTS.md, memory under load). The
+    # wait covers a queue of every request thread with such an image on a slow CPU (5 s did
+    # not, on 2 cores), well within the 60 s request timeout.
     decode_budget_pixels: int = 2 * MAX_IMAGE_PIXELS
-    decode_wait_s: float = 5.0
+    decode_wait_s: float = 15.0
     url_allowed_ports: frozenset[int] = frozenset({80, 443})
     url_allow_loopback: bool = False  # tests and local development only
     url_connect_timeout_s: float = 3.0
