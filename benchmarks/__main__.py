@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import coldstart, containers, report, serving
+from benchmarks import coldstart, containers, memory, report, serving
 from benchmarks.harness import (
     ROOT,
     bench_bundles,
@@ -45,7 +45,7 @@ KNOBS = {
     "inference_concurrency=2,threads=1": {"INFERENCE_CONCURRENCY": "2", "INFERENCE_THREADS": "1"},
     "inference_concurrency=8 (every request thread)": {"INFERENCE_CONCURRENCY": "8"},
 }
-PARTS = "export,coldstart,serving,knobs,allocator,layout,containers"
+PARTS = "export,coldstart,serving,knobs,allocator,layout,containers,memory"
 
 
 def _export(bundles_dir: Path, ids: list[str]) -> dict:
@@ -218,6 +218,27 @@ def main() -> int:
         if "containers" in parts:
             results["containers"] = containers.run(sets, args.runs, work)
             report.print_containers(results["containers"])
+            save()
+        if "memory" in parts:
+            images = memory.worst_images(ROOT / ".local" / "bench-memory")
+            results["memory"] = {"backend": {}}
+            # v1, v2, and each model alone as its v3 service runs it.
+            memory_sets = {**sets, **{f"v3 {i}": [i] for i in sets.get("v2", [])}}
+            for name, ids in memory_sets.items():
+                results["memory"]["backend"][name] = memory.backend(
+                    bundles_dir, ids, images, work, threads=memory.DEPLOYED_THREADS
+                )
+                memory.print_backend(name, results["memory"]["backend"][name])
+                save()
+            results["memory"]["frontend"] = memory.frontend(
+                images, work, sessions=memory.BROWSER_SESSIONS, deployed=memory.deployed_sessions()
+            )
+            memory.print_frontend(results["memory"]["frontend"])
+            results["memory"]["reduced_jpeg_decode"] = memory.draft_effect(
+                bundles_dir, all_ids, smallest=(1024, 2048)
+            )
+            memory.print_draft(results["memory"]["reduced_jpeg_decode"])
+            save()
     save()
     report.chart(results, args.out / "chart.png", serve_model)
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'chart.png'}")

@@ -17,6 +17,7 @@ import json
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.harness import (
@@ -35,29 +36,41 @@ BENCH_CATALOG = "weights/bench-catalog.toml"
 PARTS = ["docker", "weights", "runtime", "bake", "backend"]
 
 
-def _origin(ids: list[str], work: Path) -> tuple[FileServer, dict[str, str]]:
-    """Generated files named like torchvision's, served from 127.0.0.1; id -> URL."""
+@dataclass(frozen=True)
+class Served:
+    """A generated weights file served from 127.0.0.1, and its pins."""
+
+    url: str
+    sha256: str
+    size: int
+
+
+def _origin(ids: list[str], work: Path) -> tuple[FileServer, dict[str, Served]]:
+    """Generated files named like torchvision's, served from 127.0.0.1; id -> where, pins."""
     files = work / "origin"
-    urls = {}
+    served = {}
     server = FileServer(files)
     for model_id in ids:
-        path, _ = write_untrained(architecture(model_id), files)
-        urls[model_id] = f"{server.url}/{path.name}"
-    return server, urls
+        path, digest = write_untrained(architecture(model_id), files)
+        served[model_id] = Served(f"{server.url}/{path.name}", digest, path.stat().st_size)
+    return server, served
 
 
-def _catalog(urls: dict[str, str]) -> str:
+def _catalog(served: dict[str, Served]) -> str:
+    """A catalog of those files, pinned (the image builds fetch --frozen)."""
     from weights.catalog import load_catalog
 
     catalog = load_catalog()
-    lines = [f'default = "{next(iter(urls))}"']
-    for model_id, url in urls.items():
+    lines = [f'default = "{next(iter(served))}"']
+    for model_id, file in served.items():
         entry = catalog.entry(model_id)
         lines += [
             f"[models.{model_id}]",
             f'architecture = "{entry.architecture}"',
             f'weights = "{entry.weights}"',
-            f'url = "{url}"',
+            f'url = "{file.url}"',
+            f'sha256 = "{file.sha256}"',
+            f"size = {file.size}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -67,7 +80,7 @@ def _size_mb(image: str, path: str) -> float:
     return float(containers.run_in(image, ["du", "-sb", path]).split()[0]) / 1e6
 
 
-def _images(name: str, ids: list[str], urls: dict[str, str], work: Path) -> tuple[dict, dict]:
+def _images(name: str, ids: list[str], urls: dict[str, Served], work: Path) -> tuple[dict, dict]:
     context = containers.copy_context(work / f"context-{name}", PARTS)
     (context / BENCH_CATALOG).write_text(_catalog(urls))
     tags = {
@@ -100,6 +113,16 @@ def _images(name: str, ids: list[str], urls: dict[str, str], work: Path) -> tupl
         "image_without_models_mb": image_mb - bundles_mb,
         "bake_image_mb": containers.image_size_mb(tags["bake"]),
     }
+
+
+def build_images(name: str, ids: list[str], work: Path) -> tuple[dict, dict]:
+    """The bake stage, base and code images of `ids`, with generated weights of their real
+    sizes: the tags (bake, base, code) and the build figures."""
+    server, served = _origin(ids, work / name)
+    try:
+        return _images(name, ids, served, work)
+    finally:
+        server.close()
 
 
 def _run_baked(image: str, ids: list[str]) -> float:
@@ -147,11 +170,7 @@ def run(sets: dict[str, list[str]], runs: int, work: Path) -> dict:
         return {name: {"skipped": str(exc)} for name in sets}
     result: dict = {}
     for name, ids in sets.items():
-        server, urls = _origin(ids, work / name)
-        try:
-            tags, build = _images(name, ids, urls, work)
-        finally:
-            server.close()
+        tags, build = build_images(name, ids, work)
         samples: dict[str, list[float]] = {"baked": [], "ort_floor": [], "torch_floor": []}
         for _ in range(runs):
             samples["baked"].append(_run_baked(tags["code"], ids))

@@ -11,6 +11,7 @@ later runs take seconds.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import uuid
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import containers
+from tests.backend_process import free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -388,3 +390,193 @@ def test_backend_container_starts_and_serves_without_network(backend_base, backe
         assert stop_seconds < 9
     finally:
         containers.podman("rm", "--force", name, check=False)
+
+
+# --- memory under the worst load, at the deployed limits ------------------------------------
+#
+# Each image runs with the memory its Cloud Run service is deployed with (deployment/config.env)
+# and is driven the way the worst visitors would: every request thread of a backend sends the
+# largest image the limits admit, the page gets as many real browser sessions as this machine
+# drives, each uploading the largest file. No container may be killed, every request gets its
+# answer, and the instance still serves after. benchmarks/memory.py holds the load; the figures
+# are in benchmarks/RESULTS.md.
+
+CONFIG_ENV = ROOT / "deployment" / "config.env"
+# As many browser sessions as this 2-core machine drives at once without timing out.
+BROWSER_SESSIONS = 8
+
+PEAKS = """
+import glob, os
+peak = rss = 0
+for status in glob.glob("/proc/[0-9]*/status"):
+    pid = status.split("/")[2]
+    if int(pid) == os.getpid():
+        continue
+    try:
+        fields = dict(line.split(":", 1) for line in open(status))
+    except OSError:
+        continue
+    peak += int(fields.get("VmHWM", "0 kB").split()[0])
+    rss += int(fields.get("VmRSS", "0 kB").split()[0])
+print(peak // 1024, rss // 1024)
+"""
+
+
+def deployed(name: str) -> str:
+    """A setting's default in deployment/config.env, e.g. deployed("FRONTEND_MEMORY") -> 512Mi."""
+    match = re.search(rf'^{name}="\$\{{{name}:-([^}}]*)\}}"$', CONFIG_ENV.read_text(), re.M)
+    assert match, f"{name} has no default in {CONFIG_ENV}"
+    return match.group(1)
+
+
+def mebibytes(value: str) -> int:
+    """Cloud Run's memory syntax (512Mi, 2Gi) in MiB."""
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", value).groups()
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+def memory_of(container: str) -> tuple[int, int]:
+    """The summed peak and current resident MiB of the container's processes."""
+    out = containers.podman("exec", container, "python", "-c", PEAKS).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def assert_alive(container: str) -> None:
+    state = containers.podman(
+        "inspect", "--format", "{{.State.Running}} {{.State.OOMKilled}} {{.State.ExitCode}}",
+        container,
+    ).stdout.split()  # fmt: skip
+    logs = containers.podman("logs", container, check=False)
+    assert state == ["true", "false", "0"], (
+        f"{container} was stopped or killed {state}:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}"
+    )
+
+
+@pytest.fixture(scope="session")
+def worst_images():
+    from benchmarks import memory
+
+    return memory.worst_images(ROOT / ".local" / "bench-memory")
+
+
+@pytest.mark.parametrize(
+    ("version", "ids"),
+    [("v1", ["resnet152"]), ("v2", ["resnet152", "convnext_base", "swin_b", "vgg16"])],
+)
+def test_backend_stays_inside_its_cloud_run_memory_under_the_worst_load(
+    python_image, worst_images, tmp_path, version, ids
+):
+    import requests
+
+    from benchmarks import memory
+    from benchmarks.containers import build_images
+
+    # Generated weights of the real architectures and sizes, baked by the real bake stage.
+    tags, _ = build_images(f"memory-{version}", ids, tmp_path)
+    limit = mebibytes(deployed(f"BACKEND_{version.upper()}_MEMORY"))
+    threads = int(deployed("BACKEND_THREADS"))
+    port = free_port()
+    name = f"baked-vision-memory-{version}-{RUN_ID}"
+    containers.podman(
+        "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
+        "--memory", f"{limit}m", "--memory-swap", f"{limit}m",
+        "-e", "ALLOW_UNTRAINED_WEIGHTS=1", "-e", f"GUNICORN_THREADS={threads}", tags["code"],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        assert_alive(name)
+        settled = memory_of(name)[1]
+        loads = {
+            kind: memory.load(url, ids, data, kind, threads, rounds=2)
+            for kind, data in worst_images.items()
+        }
+        assert_alive(name)  # not killed
+        for kind, result in loads.items():
+            # Every request answered: 200, or 503 busy where the pixel budget made it wait too long.
+            assert set(result["statuses"]) <= {"200", "503"}, (kind, result)
+            assert result["statuses"].get("200", 0) >= threads, (kind, result)
+        peak, _ = memory_of(name)
+        response = requests.post(
+            f"{url}/predict", files={"image": ("x.jpg", worst_images["jpeg"], "image/jpeg")},
+            timeout=120,
+        )  # fmt: skip
+        assert response.status_code == 200, response.text  # it still serves
+        print(
+            f"\nbackend {version} at --memory {limit} MiB, {threads} threads: settled {settled} "
+            f"MiB, peak {peak} MiB under the worst load ({peak / limit:.0%} of the limit); "
+            + "; ".join(
+                f"{kind}: {r['statuses']} in {r['seconds']:.1f}s" for kind, r in loads.items()
+            )
+        )
+        assert peak < limit
+    finally:
+        containers.podman("rm", "--force", name, check=False)
+        remove_images(*tags.values())
+
+
+def test_frontend_stays_inside_its_cloud_run_memory_with_browser_sessions(
+    frontend_images, worst_images, tmp_path
+):
+    from benchmarks import memory
+
+    _, frontend = frontend_images
+    limit = mebibytes(deployed("FRONTEND_MEMORY"))
+    concurrency = int(deployed("FRONTEND_CONCURRENCY"))
+    upload = tmp_path / "worst.jpg"
+    upload.write_bytes(worst_images["jpeg"])
+    port = free_port()
+    name = f"baked-vision-memory-frontend-{RUN_ID}"
+    seen: dict[int, tuple[int, int]] = {}
+    with memory.stand_in_backend() as backend:
+        backend.requests = []
+        # The host's network: the page reaches the stand-in backend on 127.0.0.1.
+        containers.podman(
+            "run", "-d", "--name", name, "--network", "host",
+            "--memory", f"{limit}m", "--memory-swap", f"{limit}m",
+            "-e", f"PORT={port}", "-e", f"SERVING_URL={backend.url}", frontend,
+        )  # fmt: skip
+        try:
+            status = wait_for_port(name, port, deadline=time.monotonic() + 60)
+            assert status == 200
+            idle = memory_of(name)[1]
+            answered = memory.browser_sessions(
+                f"http://127.0.0.1:{port}", [1, BROWSER_SESSIONS - 1], upload,
+                lambda count: seen.setdefault(count, memory_of(name)),
+            )  # fmt: skip
+            assert_alive(name)
+            assert answered == BROWSER_SESSIONS
+            uploads = [r for r in backend.requests if r.method == "POST"]
+            assert len(uploads) == BROWSER_SESSIONS
+            assert all(worst_images["jpeg"] in r.body for r in uploads)
+            backend.requests = []
+        finally:
+            containers.podman("rm", "--force", name, check=False)
+    (_, one), (peak, after) = seen[1], seen[BROWSER_SESSIONS]
+    per_session = (after - one) / (BROWSER_SESSIONS - 1)
+    extrapolated = peak + per_session * (concurrency - BROWSER_SESSIONS)
+    print(
+        f"\nfrontend at --memory {limit} MiB: idle {idle} MiB, one session {one} MiB, "
+        f"{BROWSER_SESSIONS} sessions {after} MiB (peak {peak}), {per_session:.1f} MiB per "
+        f"session that classified a {len(worst_images['jpeg']) / 1e6:.1f} MB upload -> "
+        f"{extrapolated:.0f} MiB at its concurrency of {concurrency} ({extrapolated / limit:.0%})"
+    )
+    # The deployed concurrency must fit too, not just the sessions this machine can drive.
+    assert extrapolated < limit
+
+
+def wait_for_port(container: str, port: int, *, deadline: float) -> int:
+    status = 0
+    while time.monotonic() < deadline:
+        status, _ = exec_python(container, PROBE.replace("8080", str(port)), "/_stcore/health")
+        if status == 200:
+            break
+        time.sleep(0.25)
+    return status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +82,19 @@ def test_after_an_upload_the_session_keeps_a_preview_not_the_file(monkeypatch):
     assert at.session_state["upload_generation"] == 1
     (uploader,) = at.get("file_uploader")
     assert uploader.key == "upload_1" and uploader.value is None
+
+
+def test_the_page_process_returns_large_freed_blocks_to_the_system(tmp_path):
+    """glibc's mmap threshold is fixed in the Streamlit process (frontend/__main__.py)."""
+    from frontend.__main__ import MMAP_THRESHOLD_BYTES
+    from tests.frontend_process import start_frontend
+
+    process = start_frontend(tmp_path / "frontend.log", SERVING_URL="http://127.0.0.1:9")
+    try:
+        process.wait_healthy()
+        environ = Path(f"/proc/{process.process.pid}/environ").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{process.process.pid}/cmdline").read_bytes()
+    finally:
+        process.stop()
+    assert b"streamlit" in cmdline  # the same process, after the exec
+    assert f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD_BYTES}".encode() in environ
