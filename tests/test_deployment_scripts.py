@@ -143,7 +143,7 @@ def test_submit_build_dry_run_prints_the_same_command(gcloud):
 # --- deploy_backend_*.sh ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("version", "memory", "cpu"), [("v1", "2Gi", "1"), ("v2", "4Gi", "2")])
+@pytest.mark.parametrize(("version", "memory", "cpu"), [("v1", "1536Mi", "1"), ("v2", "3Gi", "2")])
 def test_deploy_backend_runs_the_latest_build_with_its_sizing(gcloud, version, memory, cpu):
     result = gcloud(f"deploy_backend_{version}.sh")
     assert result.returncode == 0, result.stderr

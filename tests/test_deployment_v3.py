@@ -26,7 +26,7 @@ from tests.fake_gcloud import (
 )
 
 V2 = ["resnet152", "convnext_base", "swin_b", "vgg16"]
-SIZES = {"resnet152": "2Gi", "convnext_base": "2Gi", "swin_b": "2Gi", "vgg16": "3Gi"}
+SIZES = {"resnet152": "1536Mi", "convnext_base": "1536Mi", "swin_b": "1536Mi", "vgg16": "2Gi"}
 GATEWAY_ACCOUNT = f"baked-vision-gateway@{PROJECT}.iam.gserviceaccount.com"
 GATEWAY_REGION = "us-east4"
 GATEWAY_URL = "https://baked-vision-v3-abc123.ue.gateway.dev"
