@@ -25,9 +25,9 @@ before any decoding: libjpeg has a scan limit, Pillow does not expose it) and EX
 than a JPEG can carry (64 KB; larger ones are ignored, as corrupt EXIF is). Every image is
 decoded at full size, as torchvision's `Image.open(...).convert("RGB")` does: libjpeg's reduced
 decode (Pillow's `draft`) would save memory, which the pixel budget bounds anyway
-(backend/budget.py), but it changes the answer — measured on large JPEGs, resnet152's top-1
-differed in 2 of 8 and probabilities by up to 9e-3 (benchmarks/RESULTS.md) — and it saves
-little CPU (a 36 MP progressive JPEG: 0.30 s reduced, 0.32 s in full).
+(backend/budget.py), but it changes the answer — measured on 8 large JPEGs with random-valued
+weights, resnet152's top-1 differed in 2 and probabilities by up to 9e-3 (benchmarks/RESULTS.md)
+— and it saves little CPU (a 6000x4500 progressive JPEG: 0.26 s reduced, 0.39 s in full).
 Animated GIF/WebP: only the first frame is ever decoded. Pillow's own limits stay in force:
 `ImageFile.LOAD_TRUNCATED_IMAGES` off (a truncated image is a 422), PNG text chunks bounded by
 `PngImagePlugin.MAX_TEXT_CHUNK` (1 MB each) and `MAX_TEXT_MEMORY` (64 MB in all).
@@ -76,6 +76,7 @@ _DECODE_BLOCK = 4096
 # The most EXIF a JPEG can carry (one APP1 segment); a larger block (PNG eXIf, WebP EXIF) is not
 # a camera's, and parsing its 65535 entries would cost most of a second.
 _MAX_EXIF_BYTES = 65535
+_EXIF_ORIENTATION = 0x0112
 # What rotating and converting a loaded image to RGB costs at most, per pixel (alpha blending on
 # white, measured here: ~0.4 s for 36 M pixels), reserved from the budget before they start.
 _FINISH_CPU_S_PER_PIXEL = 12e-9
@@ -139,8 +140,9 @@ def decode_image(
 ) -> Image.Image:
     """Return the first frame of `data` as an upright RGB image, transparency on white.
 
-    `reserve(pixels)`, if given, is called with the number of pixels about to be decoded, once
-    the header is checked and before any pixel is allocated:
+    `reserve(pixels)`, if given, is called with the pixels about to be held, once the header is
+    checked and before any pixel is allocated: the image's pixels times the copies its decode
+    holds at once (`_copies_held`: 1 for plain RGB, up to 4 for a rotated image with alpha).
     the caller's bound on the pixels in flight (backend.budget) may make it wait there.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -155,7 +157,7 @@ def decode_image(
     _check_dimensions(image.size, policy)
     image.decodermaxblock = _DECODE_BLOCK
     if reserve is not None:
-        reserve(image.width * image.height)
+        reserve(image.width * image.height * _copies_held(image))
     try:
         # load() is where truncated data shows: a cut JPEG passes Image.verify().
         image.load()
@@ -307,6 +309,28 @@ def _check_dimensions(size: tuple[int, int], policy: ImagePolicy) -> None:
         )
 
 
+def _copies_held(image: Image.Image) -> int:
+    """How many buffers the size of the decoded RGB image decoding `image` holds at its peak,
+    from its header: the decode, then any rotation (a copy) and any alpha blend (RGBA and the
+    RGB result). Measured peaks for 36 M pixels: 147 MiB for RGB, 277 rotated, 284 RGBA, 319 P
+    with transparency, 422 LA or 16-bit (converted through a 4-byte mode first)."""
+    if image.has_transparency_data:
+        copies = 2 if image.mode == "RGBA" else 3
+    else:
+        copies = 3 if image.mode in _SIXTEEN_BIT_MODES else 1
+    return copies + _needs_rotation(image)
+
+
+def _needs_rotation(image: Image.Image) -> bool:
+    exif = image.info.get("exif")
+    if not isinstance(exif, bytes | bytearray) or len(exif) > _MAX_EXIF_BYTES:
+        return False  # none, or none a camera wrote (see _MAX_EXIF_BYTES): not rotated
+    try:
+        return image.getexif().get(_EXIF_ORIENTATION, 1) != 1
+    except _DECODER_ERRORS:
+        return False  # corrupt: _apply_exif_orientation ignores it too
+
+
 def _apply_exif_orientation(image: Image.Image) -> None:
     """Rotate `image` in place so it is upright, as the camera's EXIF tag says."""
     exif = image.info.get("exif")
@@ -324,7 +348,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT_MODES:
         image = _scale_to_8_bit(image)
     if image.has_transparency_data:
-        rgba = image.convert("RGBA")
+        # An RGBA image is its own mask: a converted copy would hold a third full buffer.
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba)  # alpha blend over white
         return background

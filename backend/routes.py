@@ -84,7 +84,7 @@ def _predict(path_model: str | None):
     start = time.perf_counter()
     with serving.pixel_budget.claim() as claim:
         image = decode_image(data, serving.image_policy, reserve=claim.reserve)
-        timings["decode"] = _ms(start)
+        timings["decode"] = round(_ms(start) - claim.waited_ms, 2)
         batch, timings["preprocess"] = prepare(image, session)
         del image
     if claim.waited_ms >= 1:  # it had to wait for room: say so in the timings

@@ -46,8 +46,8 @@ def worst_images(directory: Path) -> dict[str, bytes]:
     """The largest admitted JPEG and PNG: 36 M pixels each, each under the byte limit."""
     directory.mkdir(parents=True, exist_ok=True)
     images = {}
-    for kind in ("jpeg", "png"):
-        path = directory / f"worst-{SIDE}.{kind}"
+    for kind in ("jpeg", "png", "png-alpha-rotated"):
+        path = directory / f"worst-{SIDE}-{kind}.{kind.split('-')[0]}"
         if not path.exists():
             path.write_bytes(_encode(kind))
         images[kind] = path.read_bytes()
@@ -55,7 +55,14 @@ def worst_images(directory: Path) -> dict[str, bytes]:
 
 
 def _encode(kind: str) -> bytes:
-    """A photo-like 6000x6000 picture: gradients, shapes and grain, sized to the byte limit."""
+    """A photo-like 6000x6000 picture: gradients, shapes and grain, sized to the byte limit; or
+    the image whose decode holds the most copies at once: grey with alpha, rotated by EXIF."""
+    if kind == "png-alpha-rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotated 90 degrees: one more full-size copy
+        buffer = io.BytesIO()
+        Image.new("LA", (SIDE, SIDE), (120, 200)).save(buffer, "PNG", exif=exif)
+        return buffer.getvalue()
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32) / SIDE
     base = np.stack([x * 200 + 30, y * 180 + 40, (1 - x) * 120 + y * 80], axis=-1)
@@ -81,14 +88,18 @@ def _encode(kind: str) -> bytes:
     raise RuntimeError(f"could not encode a {kind} of {SIDE}x{SIDE} under {WORST_BYTES} bytes")
 
 
-def _post(url: str, model: str, data: bytes, kind: str) -> int:
+def _post(url: str, model: str, data: bytes, kind: str) -> str:
+    """The answer's status, with the error code of a 503 (e.g. "503 busy")."""
+    fmt = kind.split("-")[0]
     response = requests.post(
         f"{url}/predict",
-        files={"image": (f"worst.{kind}", data, f"image/{kind}")},
+        files={"image": (f"worst.{fmt}", data, f"image/{fmt}")},
         data={"model": model},
         timeout=120,
     )
-    return response.status_code
+    if response.status_code == 503:
+        return f"503 {response.json()['error']['code']}"
+    return str(response.status_code)
 
 
 def load(url: str, ids: list[str], data: bytes, kind: str, threads: int, rounds: int) -> dict:
@@ -99,7 +110,7 @@ def load(url: str, ids: list[str], data: bytes, kind: str, threads: int, rounds:
         statuses = list(pool.map(lambda m: _post(url, m, data, kind), models))
     counts: dict[str, int] = {}
     for status in statuses:
-        counts[str(status)] = counts.get(str(status), 0) + 1
+        counts[status] = counts.get(status, 0) + 1
     return {"statuses": counts, "seconds": time.perf_counter() - started}
 
 

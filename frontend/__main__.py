@@ -54,7 +54,7 @@ def main() -> None:
     env = dict(os.environ)
     # glibc raises its mmap threshold to the size of each large block freed, so the buffers of
     # a 10 MB upload stay in the heap of the session's thread for good; fixed at its initial
-    # 128 KiB, large blocks go back to the system when freed: measured, 16.7 -> 9.8 MiB per
+    # 128 KiB, large blocks go back to the system when freed: measured, 16.7 -> 8.4 MiB per
     # session that classified a 10 MB upload (benchmarks/RESULTS.md, memory under load).
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD_BYTES))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)

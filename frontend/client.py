@@ -215,6 +215,8 @@ def _error_for(status: int, raw: bytes, path: str) -> BackendError:
     """The error a non-2xx answer means, with the backend's own message when it sent one."""
     code, message = _contract_error(raw)
     if message is not None:
+        if status == 503 and code == "busy":
+            return BackendNotReady(f"The backend is busy with other large images: {message}")
         if status == 503:
             return BackendNotReady(f"The backend is not ready yet: {message}")
         if 400 <= status < 500 or code in _IMAGE_SOURCE_CODES:

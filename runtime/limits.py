@@ -15,7 +15,7 @@ from __future__ import annotations
 
 MAX_IMAGE_MB = 10
 MAX_IMAGE_BYTES = MAX_IMAGE_MB * 1024 * 1024
-# Pixels of one image: 6000x6000, or a 24 MP camera photo, is one decoded RGB image of ~110 MB.
+# Pixels of one image: 6000x6000 (36 MP), one decoded RGB image of 108 MB (~147 MiB at its peak).
 # The backend refuses more (MAX_IMAGE_PIXELS); the page makes no preview of more.
 MAX_IMAGE_PIXELS = 36_000_000
 # Multipart framing (boundaries of up to 70 characters, Content-Disposition with a file name of

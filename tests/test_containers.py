@@ -474,12 +474,13 @@ def test_backend_stays_inside_its_cloud_run_memory_under_the_worst_load(
     # Generated weights of the real architectures and sizes, baked by the real bake stage.
     tags, _ = build_images(f"memory-{version}", ids, tmp_path)
     limit = mebibytes(deployed(f"BACKEND_{version.upper()}_MEMORY"))
+    cpus = deployed(f"BACKEND_{version.upper()}_CPU")  # the deployed CPU: it sets the waits
     threads = int(deployed("BACKEND_THREADS"))
     port = free_port()
     name = f"baked-vision-memory-{version}-{RUN_ID}"
     containers.podman(
         "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
-        "--memory", f"{limit}m", "--memory-swap", f"{limit}m",
+        "--memory", f"{limit}m", "--memory-swap", f"{limit}m", "--cpus", cpus,
         "-e", "ALLOW_UNTRAINED_WEIGHTS=1", "-e", f"GUNICORN_THREADS={threads}", tags["code"],
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -500,9 +501,10 @@ def test_backend_stays_inside_its_cloud_run_memory_under_the_worst_load(
         }
         assert_alive(name)  # not killed
         for kind, result in loads.items():
-            # Every request answered: 200, or 503 busy where the pixel budget made it wait too long.
-            assert set(result["statuses"]) <= {"200", "503"}, (kind, result)
-            assert result["statuses"].get("200", 0) >= threads, (kind, result)
+            # Every request answered: 200, or 503 busy where the pixel budget made it wait too
+            # long (never not_ready: the worker did not restart); most of them 200.
+            assert set(result["statuses"]) <= {"200", "503 busy"}, (kind, result)
+            assert result["statuses"].get("200", 0) >= 3 * threads // 2, (kind, result)
         peak, _ = memory_of(name)
         response = requests.post(
             f"{url}/predict", files={"image": ("x.jpg", worst_images["jpeg"], "image/jpeg")},
@@ -510,7 +512,8 @@ def test_backend_stays_inside_its_cloud_run_memory_under_the_worst_load(
         )  # fmt: skip
         assert response.status_code == 200, response.text  # it still serves
         print(
-            f"\nbackend {version} at --memory {limit} MiB, {threads} threads: settled {settled} "
+            f"\nbackend {version} at --memory {limit} MiB --cpus {cpus}, {threads} threads: "
+            f"settled {settled} "
             f"MiB, peak {peak} MiB under the worst load ({peak / limit:.0%} of the limit); "
             + "; ".join(
                 f"{kind}: {r['statuses']} in {r['seconds']:.1f}s" for kind, r in loads.items()
@@ -541,6 +544,7 @@ def test_frontend_stays_inside_its_cloud_run_memory_with_browser_sessions(
         containers.podman(
             "run", "-d", "--name", name, "--network", "host",
             "--memory", f"{limit}m", "--memory-swap", f"{limit}m",
+            "--cpus", deployed("FRONTEND_CPU"),
             "-e", f"PORT={port}", "-e", f"SERVING_URL={backend.url}", frontend,
         )  # fmt: skip
         try:
@@ -553,6 +557,8 @@ def test_frontend_stays_inside_its_cloud_run_memory_with_browser_sessions(
             )  # fmt: skip
             assert_alive(name)
             assert answered == BROWSER_SESSIONS
+            status, page = exec_python(name, PROBE.replace("8080", str(port)), "/")
+            assert status == 200 and "<html" in page.lower()  # it still serves
             uploads = [r for r in backend.requests if r.method == "POST"]
             assert len(uploads) == BROWSER_SESSIONS
             assert all(worst_images["jpeg"] in r.body for r in uploads)

@@ -169,9 +169,10 @@ def test_deploy_backend_runs_the_latest_build_with_its_sizing(gcloud, version, m
     budget = int(probe["periodSeconds"]) * int(probe["failureThreshold"])
     assert budget == 30  # ~9x the slowest start measured (benchmarks/RESULTS.md)
     assert int(probe["timeoutSeconds"]) <= int(probe["periodSeconds"])
-    # A first request to a starting instance waits for the start, then its own work (an image
-    # URL's 8 s deadline and the forward pass): it never times out within the budget.
-    assert budget + 10 <= int(flag(deploy, "timeout")) == 60
+    # A first request to a starting instance waits for the start, then its own work (up to 15 s
+    # for room in the pixel budget, an image URL's 8 s deadline, the decode and the forward
+    # pass): it never times out within the budget.
+    assert budget + 25 <= int(flag(deploy, "timeout")) == 60
     assert env_vars(deploy) == {
         "MODELS": version,
         "GUNICORN_THREADS": "8",

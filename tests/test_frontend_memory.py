@@ -26,7 +26,7 @@ def _photo(size: tuple[int, int], fmt: str = "JPEG", mode: str = "RGB", **save) 
 
 
 @pytest.mark.parametrize(
-    ("size", "fmt"), [((6000, 4000), "JPEG"), ((4000, 6000), "PNG"), ((800, 300), "WEBP")]
+    ("size", "fmt"), [((6000, 4000), "JPEG"), ((3000, 4000), "PNG"), ((800, 300), "WEBP")]
 )
 def test_the_preview_is_a_small_jpeg_whatever_was_sent(size, fmt):
     shown = preview(_photo(size, fmt))
@@ -55,8 +55,12 @@ def test_what_the_page_cannot_read_or_the_backend_would_refuse_has_no_preview():
     # A header that claims more pixels than the backend accepts: never decoded here.
     side = int(MAX_IMAGE_PIXELS**0.5) + 1
     big = io.BytesIO()
-    Image.new("L", (side, side)).save(big, "PNG")
+    Image.new("L", (side, side)).save(big, "JPEG")
     assert preview(big.getvalue()) is None
+    # A format with no reduced decode, over 12 MP: it would hold the whole picture to preview it.
+    wide = io.BytesIO()
+    Image.new("RGBA", (4000, 3001)).save(wide, "PNG")
+    assert preview(wide.getvalue()) is None
 
 
 def test_the_pages_upload_limit_is_the_backends():
