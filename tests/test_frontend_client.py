@@ -149,6 +149,7 @@ def test_the_backends_own_message_is_kept_for_client_mistakes(status, code):
     ("reply", "error", "text"),
     [
         (error_reply(503, "not_ready", "loading resnet18"), BackendNotReady, "not ready yet"),
+        (error_reply(503, "busy", "retry in a few seconds"), BackendNotReady, "busy with other"),
         (error_reply(500, "internal", "inference failed"), BackendFailed, "inference failed"),
         (Reply(503, b"<html>Service Unavailable</html>", "text/html"), BackendUnavailable, "503"),
         (Reply(429, b"Rate exceeded.", "text/plain"), BackendUnavailable, "429"),
