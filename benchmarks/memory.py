@@ -171,10 +171,6 @@ def print_backend(name: str, figures: dict) -> None:
 
 # --- the frontend -------------------------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
 # One model, as v1's page: the answer any stand-in backend gives.
 STAND_IN_MODEL = "resnet152"
 _TOP = [("tabby", 0.5), ("tiger cat", 0.2), ("lynx", 0.1), ("Persian cat", 0.05), ("cat", 0.05)]
@@ -199,6 +195,8 @@ def browser_sessions(
     each wave, `after_wave(sessions so far)`. Every page stays open (its session alive) to the
     end. Gives how many sessions got their answer on the page."""
     from playwright.sync_api import expect, sync_playwright
+
+    from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
     wait_ms = timeout_s * 1000
     with sync_playwright() as playwright:

@@ -13,25 +13,13 @@ import pytest
 import requests
 
 from frontend.examples import EXAMPLES
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.frontend_process import start_frontend
 from tests.frontend_servers import ScriptedServer, image_server, json_reply
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 MODELS = ["resnet18", "mobilenet_v3_large"]  # served by the backend_server fixture
-# Playwright's own browser download does not work here; Debian's chromium, headless, with
-# everything that would reach out to Google's services turned off.
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")

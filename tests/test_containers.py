@@ -152,11 +152,12 @@ def exec_python(container: str, script: str, *args: str) -> tuple[int, str]:
     return int(status), body
 
 
-def wait_for(container: str, path: str, *, deadline: float) -> int:
+def wait_for(container: str, path: str, *, deadline: float, port: int = 8080) -> int:
     """Poll a path from inside the container until it answers 200 or the deadline passes."""
     status = 0
+    probe = PROBE.replace("8080", str(port))
     while time.monotonic() < deadline:
-        status, _ = exec_python(container, PROBE, path)
+        status, _ = exec_python(container, probe, path)
         if status == 200:
             break
         time.sleep(0.25)
@@ -548,7 +549,7 @@ def test_frontend_stays_inside_its_cloud_run_memory_with_browser_sessions(
             "-e", f"PORT={port}", "-e", f"SERVING_URL={backend.url}", frontend,
         )  # fmt: skip
         try:
-            status = wait_for_port(name, port, deadline=time.monotonic() + 60)
+            status = wait_for(name, "/_stcore/health", deadline=time.monotonic() + 60, port=port)
             assert status == 200
             idle = memory_of(name)[1]
             answered = memory.browser_sessions(
@@ -576,13 +577,3 @@ def test_frontend_stays_inside_its_cloud_run_memory_with_browser_sessions(
     )
     # The deployed concurrency must fit too, not just the sessions this machine can drive.
     assert extrapolated < limit
-
-
-def wait_for_port(container: str, port: int, *, deadline: float) -> int:
-    status = 0
-    while time.monotonic() < deadline:
-        status, _ = exec_python(container, PROBE.replace("8080", str(port)), "/_stcore/health")
-        if status == 200:
-            break
-        time.sleep(0.25)
-    return status
