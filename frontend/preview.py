@@ -44,7 +44,9 @@ def preview(data: bytes) -> bytes | None:
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             pixels = image.width * image.height
-            if pixels > (MAX_IMAGE_PIXELS if image.format == "JPEG" else MAX_FULL_DECODE_PIXELS):
+            # (Phone photos with a depth map or a second picture open as MPO, a JPEG too.)
+            reduced = image.format in ("JPEG", "MPO")
+            if pixels > (MAX_IMAGE_PIXELS if reduced else MAX_FULL_DECODE_PIXELS):
                 return None
             with _DECODING:
                 # Reduced first (a JPEG decodes at reduced size), then turned upright: the full

@@ -102,3 +102,13 @@ def test_the_page_process_returns_large_freed_blocks_to_the_system(tmp_path):
         process.stop()
     assert b"streamlit" in cmdline  # the same process, after the exec
     assert f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD_BYTES}".encode() in environ
+
+
+def test_a_large_phone_photo_with_a_second_picture_gets_its_preview():
+    """Pillow opens such JPEGs as MPO; they decode at reduced size like any JPEG."""
+    buffer = io.BytesIO()
+    second = Image.new("RGB", (5000, 3000), "blue")
+    Image.new("RGB", (5000, 3000), "red").save(buffer, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
+    with Image.open(io.BytesIO(preview(buffer.getvalue()))) as shown:
+        assert shown.size == (PREVIEW_SIDE, 384)
