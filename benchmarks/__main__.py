@@ -226,12 +226,15 @@ def main() -> int:
             memory_sets = {**sets, **{f"v3 {i}": [i] for i in sets.get("v2", [])}}
             for name, ids in memory_sets.items():
                 results["memory"]["backend"][name] = memory.backend(
-                    bundles_dir, ids, images, work, threads=memory.DEPLOYED_THREADS
+                    bundles_dir, ids, images, work, threads=int(memory.deployed("BACKEND_THREADS"))
                 )
                 memory.print_backend(name, results["memory"]["backend"][name])
                 save()
             results["memory"]["frontend"] = memory.frontend(
-                images, work, sessions=memory.BROWSER_SESSIONS, deployed=memory.deployed_sessions()
+                images,
+                work,
+                sessions=memory.BROWSER_SESSIONS,
+                deployed=int(memory.deployed("FRONTEND_CONCURRENCY")),
             )
             memory.print_frontend(results["memory"]["frontend"])
             results["memory"]["reduced_jpeg_decode"] = memory.draft_effect(

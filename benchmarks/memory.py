@@ -33,8 +33,6 @@ from benchmarks.harness import (
 )
 from runtime.limits import MAX_IMAGE_BYTES
 
-# Requests one instance takes at once, as deployed (BACKEND_THREADS in deployment/config.env).
-DEPLOYED_THREADS = 8
 # Browser sessions this 2-core machine drives at once (each uploading 10 MB) without timing out.
 BROWSER_SESSIONS = 8
 # The backend's pixel limit (backend/settings.py), as a square.
@@ -227,13 +225,13 @@ def browser_sessions(
             browser.close()
 
 
-def deployed_sessions() -> int:
-    """The page's concurrency as deployed (FRONTEND_CONCURRENCY in deployment/config.env)."""
+def deployed(name: str) -> str:
+    """A setting's default in deployment/config.env, e.g. deployed("FRONTEND_MEMORY") -> 1Gi."""
     text = (ROOT / "deployment" / "config.env").read_text()
-    match = re.search(r'^FRONTEND_CONCURRENCY="\$\{FRONTEND_CONCURRENCY:-(\d+)\}"$', text, re.M)
+    match = re.search(rf'^{name}="\$\{{{name}:-([^}}]*)\}}"$', text, re.M)
     if match is None:
-        raise RuntimeError("deployment/config.env sets no FRONTEND_CONCURRENCY default")
-    return int(match.group(1))
+        raise RuntimeError(f"deployment/config.env sets no default for {name}")
+    return match.group(1)
 
 
 def stand_in_backend():

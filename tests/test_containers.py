@@ -402,7 +402,6 @@ def test_backend_container_starts_and_serves_without_network(backend_base, backe
 # answer, and the instance still serves after. benchmarks/memory.py holds the load; the figures
 # are in benchmarks/RESULTS.md.
 
-CONFIG_ENV = ROOT / "deployment" / "config.env"
 # As many browser sessions as this 2-core machine drives at once without timing out.
 BROWSER_SESSIONS = 8
 
@@ -421,13 +420,6 @@ for status in glob.glob("/proc/[0-9]*/status"):
     rss += int(fields.get("VmRSS", "0 kB").split()[0])
 print(peak // 1024, rss // 1024)
 """
-
-
-def deployed(name: str) -> str:
-    """A setting's default in deployment/config.env, e.g. deployed("FRONTEND_MEMORY") -> 512Mi."""
-    match = re.search(rf'^{name}="\$\{{{name}:-([^}}]*)\}}"$', CONFIG_ENV.read_text(), re.M)
-    assert match, f"{name} has no default in {CONFIG_ENV}"
-    return match.group(1)
 
 
 def mebibytes(value: str) -> int:
@@ -474,9 +466,9 @@ def test_backend_stays_inside_its_cloud_run_memory_under_the_worst_load(
 
     # Generated weights of the real architectures and sizes, baked by the real bake stage.
     tags, _ = build_images(f"memory-{version}", ids, tmp_path)
-    limit = mebibytes(deployed(f"BACKEND_{version.upper()}_MEMORY"))
-    cpus = deployed(f"BACKEND_{version.upper()}_CPU")  # the deployed CPU: it sets the waits
-    threads = int(deployed("BACKEND_THREADS"))
+    limit = mebibytes(memory.deployed(f"BACKEND_{version.upper()}_MEMORY"))
+    cpus = memory.deployed(f"BACKEND_{version.upper()}_CPU")  # the deployed CPU: it sets the waits
+    threads = int(memory.deployed("BACKEND_THREADS"))
     port = free_port()
     name = f"baked-vision-memory-{version}-{RUN_ID}"
     containers.podman(
@@ -532,8 +524,8 @@ def test_frontend_stays_inside_its_cloud_run_memory_with_browser_sessions(
     from benchmarks import memory
 
     _, frontend = frontend_images
-    limit = mebibytes(deployed("FRONTEND_MEMORY"))
-    concurrency = int(deployed("FRONTEND_CONCURRENCY"))
+    limit = mebibytes(memory.deployed("FRONTEND_MEMORY"))
+    concurrency = int(memory.deployed("FRONTEND_CONCURRENCY"))
     upload = tmp_path / "worst.jpg"
     upload.write_bytes(worst_images["jpeg"])
     port = free_port()
@@ -545,7 +537,7 @@ def test_frontend_stays_inside_its_cloud_run_memory_with_browser_sessions(
         containers.podman(
             "run", "-d", "--name", name, "--network", "host",
             "--memory", f"{limit}m", "--memory-swap", f"{limit}m",
-            "--cpus", deployed("FRONTEND_CPU"),
+            "--cpus", memory.deployed("FRONTEND_CPU"),
             "-e", f"PORT={port}", "-e", f"SERVING_URL={backend.url}", frontend,
         )  # fmt: skip
         try:
