@@ -340,7 +340,9 @@ BOMBS = {
     ),
     "png-iccp-repeated": (lambda: imagegen.png_with_repeated_iccp(FILL), "CPU"),
     "png-ztxt-bomb": (lambda: imagegen.png_with_ztxt_bomb(FILL), "corrupt"),
-    "png-36mp-rgba16": (lambda: imagegen.png(6000, 6000, mode="rgba16"), "CPU"),
+    # Tiny on the wire, 36 M 16-bit pixels: a fast CPU decodes it within the budget, a slow one
+    # is refused for CPU; either way the answer comes within the bound.
+    "png-36mp-rgba16": (lambda: imagegen.png(6000, 6000, mode="rgba16"), None),
     "gif-comment-blocks": (lambda: imagegen.gif_with_many_extensions(FILL), "CPU"),
     "webp-36mp-rgba": (lambda: encode(Image.new("RGBA", (6000, 6000), (9, 8, 7, 6)), "WEBP"), None),
     "gif-36mp": (lambda: encode(Image.new("P", (6000, 6000), 3), "GIF"), None),
@@ -355,8 +357,8 @@ def test_decode_bomb_is_answered_within_a_second_of_cpu(name: str) -> None:
     assert len(data) <= LIMIT
     answer, cpu = decode_timed(data)
     assert cpu < CPU_LIMIT_S, f"{name}: {cpu:.2f} s of CPU"
-    if refusal is None:
-        assert isinstance(answer, Image.Image) or "CPU" in answer.message
+    if refusal is None:  # decoded or refused for CPU, by how fast this machine is
+        assert isinstance(answer, Image.Image) or (answer.status == 422 and "CPU" in answer.message)
     else:
         assert isinstance(answer, UndecodableImage) and answer.status == 422
         assert refusal in answer.message
