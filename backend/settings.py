@@ -15,6 +15,7 @@ from runtime.limits import (
     max_request_bytes,
 )
 from runtime.settings import OPTIMIZATION_LEVELS, SessionSettings, available_cpus
+from runtime.timing import TIMING
 
 
 class SettingsError(ValueError):
@@ -47,21 +48,16 @@ class Settings:
     max_request_bytes: int = MAX_REQUEST_BYTES
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_image_pixels: int = MAX_IMAGE_PIXELS
-    # Decoded pixels all requests of the process hold at once (backend/budget.py), and how long
-    # a request waits for room before a 503 with Retry-After. Two of the largest images at a
-    # time: each costs ~145 MiB while decoded (benchmarks/RESULTS.md, memory under load). The
-    # wait covers a queue of every request thread with such an image on a slow CPU (5 s did
-    # not, on 2 cores), well within the 60 s request timeout.
+    # Decoded pixels all requests of the process hold at once (backend/budget.py): two of the
+    # largest images at a time, each ~145 MiB while decoded (benchmarks/RESULTS.md, memory under
+    # load). How long a request waits for room, like every deadline, is runtime/timing.py's.
     decode_budget_pixels: int = 2 * MAX_IMAGE_PIXELS
-    decode_wait_s: float = 15.0
+    decode_wait_s: float = TIMING.decode_wait_s
     url_allowed_ports: frozenset[int] = frozenset({80, 443})
     url_allow_loopback: bool = False  # tests and local development only
     url_connect_timeout_s: float = 3.0
-    # The whole download of an image URL. With the inference after it, it must end before
-    # gunicorn's graceful timeout, itself under Cloud Run's 10 s between SIGTERM and SIGKILL,
-    # so that a request in flight at shutdown still finishes.
-    url_total_timeout_s: float = 8.0
-    graceful_timeout_s: int = 9  # gunicorn takes whole seconds
+    url_total_timeout_s: float = TIMING.fetch_s  # the whole download, redirects included
+    graceful_timeout_s: int = TIMING.graceful_stop_s  # gunicorn takes whole seconds
     port: int = 8080
     gunicorn_threads: int = 8
     max_top_k: int = 20

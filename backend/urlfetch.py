@@ -64,6 +64,7 @@ from backend.errors import (
 )
 from backend.imaging import is_image_content_type
 from runtime.limits import MAX_IMAGE_BYTES
+from runtime.timing import TIMING
 
 Resolver = Callable[[str, int], list[str]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -97,7 +98,8 @@ class FetchPolicy:
     allowed_ports: frozenset[int] = frozenset({80, 443})
     allow_loopback: bool = False  # tests and local development only
     connect_timeout_s: float = 3.0
-    total_timeout_s: float = 10.0  # the whole download, redirects and slow-drip bodies included
+    # The whole download, redirects and slow-drip bodies included (runtime/timing.py).
+    total_timeout_s: float = TIMING.fetch_s
     max_bytes: int = MAX_IMAGE_BYTES
     max_redirects: int = 3
     max_url_length: int = 2048

@@ -8,7 +8,7 @@ FROM ${BASE_IMAGE_URI}
 USER 0:0
 COPY frontend/ /app/frontend/
 # The image-size limit the page shares with the backend and the gateway (standard library only).
-COPY runtime/__init__.py runtime/limits.py /app/runtime/
+COPY runtime/__init__.py runtime/limits.py runtime/timing.py /app/runtime/
 RUN python -m compileall -q /app/frontend /app/runtime
 USER 10001:10001
 

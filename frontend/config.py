@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from runtime.timing import TIMING
+
 PICKER_MODES = ("auto", "on", "off")
 # FRONTEND_MODE (older) -> MODEL_PICKER
 LEGACY_MODES = {"v1": "off", "v2": "on", "v3": "on", "auto": "auto"}
@@ -40,7 +42,8 @@ class FrontendConfig:
     picker: str = "auto"
     auth: str = "none"
     audience: str | None = None  # ID token audience; None: the base URL (a Cloud Run service)
-    timeout_s: float = 60.0  # long enough for a backend cold start, when Cloud Run holds requests
+    # As long as Cloud Run's request timeout: a backend cold start, then the longest request.
+    timeout_s: float = TIMING.page_timeout_s
     connect_timeout_s: float = 5.0
 
     def shows_picker(self, models: list[str]) -> bool:
