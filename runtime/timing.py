@@ -65,7 +65,7 @@ class TimingBudget:
         return float(self.request_timeout_s)
 
     def check(self) -> TimingBudget:
-        """Give this budget back if its deadlines agree; raise `BudgetError` naming the one that does not."""
+        """This budget, if its deadlines agree; else `BudgetError` naming the one that does not."""
         if self.graceful_stop_s < 1:
             raise BudgetError(f"sigterm_grace_s={self.sigterm_grace_s} leaves no graceful stop")
         if self.fetch_s + self.compute_s > self.graceful_stop_s:
