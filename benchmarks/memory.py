@@ -13,7 +13,6 @@ PNG of the same pixels, which has no reduced decode.
 from __future__ import annotations
 
 import io
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,6 @@ import requests
 from PIL import Image
 
 from benchmarks.harness import (
-    ROOT,
     first_prediction,
     gunicorn,
     launch,
@@ -226,12 +224,19 @@ def browser_sessions(
 
 
 def deployed(name: str) -> str:
-    """A setting's default in deployment/config.env, e.g. deployed("FRONTEND_MEMORY") -> 1Gi."""
-    text = (ROOT / "deployment" / "config.env").read_text()
-    match = re.search(rf'^{name}="\$\{{{name}:-([^}}]*)\}}"$', text, re.M)
-    if match is None:
-        raise RuntimeError(f"deployment/config.env sets no default for {name}")
-    return match.group(1)
+    """A deployed size from deployment/spec.py by its setting, e.g. "FRONTEND_MEMORY" -> 1Gi."""
+    from deployment import spec
+
+    values = {"BACKEND_THREADS": spec.THREADS}
+    for variant, size in spec.BACKEND_SIZES.items():
+        values |= {f"BACKEND_{variant.upper()}_MEMORY": size.memory}
+        values |= {f"BACKEND_{variant.upper()}_CPU": size.cpu}
+    frontend = spec.FRONTEND_SIZE
+    values |= {"FRONTEND_MEMORY": frontend.memory, "FRONTEND_CPU": frontend.cpu}
+    values |= {"FRONTEND_CONCURRENCY": frontend.concurrency}
+    if name not in values:
+        raise RuntimeError(f"deployment/spec.py has no {name}")
+    return str(values[name])
 
 
 def stand_in_backend():

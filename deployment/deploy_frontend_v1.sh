@@ -1,5 +1,3 @@
-#!/usr/bin/env bash
-# Deploy frontend_v1 to Cloud Run (service frontend-v1) from the image of a Cloud Build build.
-# A thin wrapper: the work is in deployment/lib/deploy.sh; --help lists the options.
-set -euo pipefail
-exec "$(dirname "${BASH_SOURCE[0]}")/lib/deploy.sh" frontend_v1 "$@"
+#!/bin/sh
+# The assignment's script, kept by name: python3 -m deployment deploy v1 --only frontend (add --help).
+cd "$(dirname "$0")/.." && exec python3 -m deployment deploy v1 --only frontend "$@"

@@ -10,26 +10,24 @@ Two renderings of the same routing table, so what runs locally is what runs on G
 Routes, for each model id of the set, to that model's own backend service:
     POST /model/<id>/predict     GET /models/<id>
 and GET /models to the default model's service (which lists every model: LISTED_MODELS).
-
-    uv run python deployment/gateway.py openapi --route resnet152=https://... [--route ...]
-    uv run python deployment/gateway.py nginx --route resnet18=http://127.0.0.1:9001 --listen 8080
+`python3 -m deployment deploy v3` uploads the first; deployment/local_v3.py runs the second.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository
-from runtime.limits import MAX_IMAGE_MB, MAX_REQUEST_BYTES  # standard library only
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for runtime/
+from runtime.limits import MAX_IMAGE_MB, MAX_REQUEST_BYTES
+from runtime.timing import TIMING
 
-# As long as Cloud Run's request timeout (BACKEND_REQUEST_TIMEOUT_SECONDS in config.env): a
-# request to a starting backend waits for its startup budget, then for its own work.
-DEADLINE_S = 60.0
+# As long as Cloud Run's request timeout: a request to a starting backend waits for its
+# startup budget, then for its own work (runtime/timing.py).
+DEADLINE_S = TIMING.gateway_deadline_s
 _ID = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -190,52 +188,3 @@ http {{
     }}
 }}
 """
-
-
-def _parse_routes(items: list[str]) -> dict[str, str]:
-    routes = {}
-    for item in items:
-        model_id, sep, url = item.partition("=")
-        if not sep:
-            raise ValueError(f"--route takes ID=URL, got {item!r}")
-        routes[model_id] = url
-    return routes
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("format", choices=["openapi", "nginx"])
-    parser.add_argument("--route", action="append", default=[], metavar="ID=URL", required=True)
-    parser.add_argument("--default", help="the model GET /models is routed to (default: first)")
-    parser.add_argument("--title", default="baked-vision")
-    parser.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds per request")
-    parser.add_argument("--listen", type=int, default=8080, help="nginx: port on 127.0.0.1")
-    parser.add_argument("--prefix", default=".local/gateway", help="nginx: its work directory")
-    args = parser.parse_args(argv)
-    args.prefix = str(Path(args.prefix).resolve())
-    try:
-        routes = _parse_routes(args.route)
-        default = args.default or next(iter(routes))
-        if args.format == "openapi":
-            spec = openapi_spec(routes, default, title=args.title, deadline_s=args.deadline)
-            sys.stdout.write(json.dumps(spec, indent=2) + "\n")
-        else:
-            sys.stdout.write(
-                nginx_config(
-                    routes,
-                    default,
-                    listen=args.listen,
-                    prefix=args.prefix,
-                    deadline_s=args.deadline,
-                )
-            )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -143,7 +143,7 @@ def run_local_v3(
         conf = prefix / "nginx.conf"
         conf.write_text(nginx_config(backends, default, listen=gateway_port, prefix=str(prefix)))
         log = work_dir / "nginx.log"
-        nginx = subprocess.Popen(  # noqa: S603  (nginx from PATH, our own arguments)
+        nginx = subprocess.Popen(
             [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
@@ -161,8 +161,7 @@ def run_local_v3(
                 cwd=ROOT,
                 env={
                     **os.environ,
-                    "FRONTEND_MODE": "v3",
-                    "API_GATEWAY": gateway_url,
+                    "SERVING_URL": gateway_url,
                     "PORT": str(frontend_port),
                 },
                 stdout=log.open("w"),

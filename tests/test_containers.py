@@ -395,7 +395,7 @@ def test_backend_container_starts_and_serves_without_network(backend_base, backe
 
 # --- memory under the worst load, at the deployed limits ------------------------------------
 #
-# Each image runs with the memory its Cloud Run service is deployed with (deployment/config.env)
+# Each image runs with the memory its Cloud Run service is deployed with (deployment/spec.py)
 # and is driven the way the worst visitors would: every request thread of a backend sends the
 # largest image the limits admit, the page gets as many real browser sessions as this machine
 # drives, each uploading the largest file. No container may be killed, every request gets its

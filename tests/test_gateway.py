@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,45 +65,6 @@ def test_validator_would_catch_a_broken_spec():
 def test_bad_routes_are_refused(routes, default, complaint):
     with pytest.raises(ValueError, match=complaint):
         gateway.openapi_spec(routes, default)
-
-
-def test_cli_writes_json_spec():
-    result = subprocess.run(
-        [
-            sys.executable,
-            "deployment/gateway.py",
-            "openapi",
-            "--title",
-            "t",
-            "--route",
-            f"resnet152={URLS['resnet152']}",
-            "--route",
-            f"vgg16={URLS['vgg16']}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    spec = json.loads(result.stdout)
-    validate(spec)
-    assert set(spec["paths"]) == {
-        "/models",
-        "/models/resnet152",
-        "/model/resnet152/predict",
-        "/models/vgg16",
-        "/model/vgg16/predict",
-    }
-
-
-def test_cli_usage_errors_exit_2():
-    result = subprocess.run(
-        [sys.executable, "deployment/gateway.py", "nginx", "--route", "resnet18"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2 and "ID=URL" in result.stderr
 
 
 @pytest.mark.slow

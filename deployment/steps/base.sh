@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# A Cloud Build step (in gcr.io/cloud-builders/docker): make this build's base image, building
+# it only when what it is built from changed.
+#
+#   base.sh IMAGE BUILD_ID DOCKERFILE [--stage=NAME] [--build-arg=NAME=VALUE]... -- INPUT...
+#
+# The base is named by its inputs: IMAGE:inputs-<hash of the INPUT files and the build
+# arguments>. If the registry has that tag, it is pulled, not built (a code-only change: no
+# base is built or uploaded). Otherwise it is built with the previous IMAGE:latest as its layer
+# cache (pulled by the build's first step), so only the layers after the first changed input
+# are rebuilt, and pushed. --stage=NAME builds that earlier stage of a multi-stage Dockerfile on
+# its own first, cached from and pushed as IMAGE's sibling <IMAGE without _base>_NAME:latest:
+# an image keeps its final stage's layers only, so without it the stage (for the backend:
+# torch, the weights, the ONNX export) would be rebuilt from nothing on every base change.
+# Either way the base ends up tagged IMAGE:latest (the next build's cache) and
+# IMAGE:BUILD_ID (what this build's code image is built FROM).
+set -euo pipefail
+
+image="$1" build_id="$2" dockerfile="$3"
+shift 3
+stage="" args=() inputs=()
+while (($#)); do
+  case "$1" in
+    --stage=*) stage="${1#--stage=}"; shift ;;
+    --build-arg=*) args+=("${1#--build-arg=}"); shift ;;
+    --) shift; inputs=("$@"); break ;;
+    *) echo "base.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+# Same bytes and arguments, same tag, whichever machine computes it.
+hash="$(
+  {
+    printf 'arg %s\n' "${args[@]}" | LC_ALL=C sort
+    find "${dockerfile}" "${inputs[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
+      | LC_ALL=C sort -z | xargs -0 sha256sum
+  } | sha256sum
+)"
+base="${image}:inputs-${hash:0:24}"
+
+# A pull is the look-up: it needs only registry read, which building FROM the base needs anyway.
+errors="$(mktemp)"
+if docker pull --quiet "${base}" 2>"${errors}"; then
+  echo "found ${base}: not rebuilt"
+else
+  if grep -qiE 'not found|manifest unknown' "${errors}"; then
+    echo "no ${base} yet: building it"
+  else
+    echo "could not pull ${base} ($(head -n 1 "${errors}")): building it; to find it next" \
+      "time, the build's account needs roles/artifactregistry.reader" >&2
+  fi
+  build_args=()
+  for arg in "${args[@]}"; do build_args+=(--build-arg "${arg}"); done
+  cache=(--cache-from "${image}:latest")
+  if [[ -n "${stage}" ]]; then
+    stage_image="${image%_base}_${stage}:latest"
+    docker pull --quiet "${stage_image}" || echo "no ${stage_image} yet: its stage is built afresh"
+    docker build --file "${dockerfile}" --target "${stage}" --cache-from "${stage_image}" \
+      "${build_args[@]}" --tag "${stage_image}" .
+    docker push --quiet "${stage_image}"
+    cache+=(--cache-from "${stage_image}")
+  fi
+  docker build --file "${dockerfile}" "${cache[@]}" "${build_args[@]}" --tag "${base}" .
+  docker push --quiet "${base}"
+fi
+rm -f "${errors}"
+docker tag "${base}" "${image}:latest"
+docker push --quiet "${image}:latest"
+docker tag "${base}" "${image}:${build_id}"
