@@ -16,7 +16,7 @@
 #
 # Build arguments have production defaults; tests/containers.py shows the local substitutes.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG PYTHON_IMAGE=mirror.gcr.io/library/python:3.11-slim
 
 # --- bake --------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS bake

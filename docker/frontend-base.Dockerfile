@@ -5,7 +5,7 @@
 # Layers run from the slowest-changing to the fastest-changing: the venv (changes with the
 # Python image), then the dependencies (change when uv.lock changes), then the user.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG PYTHON_IMAGE=mirror.gcr.io/library/python:3.11-slim
 FROM ${PYTHON_IMAGE}
 
 ENV VIRTUAL_ENV=/opt/venv \

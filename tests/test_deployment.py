@@ -386,7 +386,11 @@ def test_cloud_build_file_substitutions_and_build_args_agree(path):
     assert used == set(config["substitutions"]), "each substitution declared is used, and back"
     assert config["timeout"].endswith("s") and config["options"]["logging"] == "CLOUD_LOGGING_ONLY"
     assert all(re.fullmatch(r"[a-z-]+", step["id"]) for step in config["steps"])
-    assert config["substitutions"]["_PYTHON_IMAGE"].startswith("mirror.gcr.io/")
+    # Google's mirror of Docker Hub: no anonymous pull limits; the Dockerfiles' default is the same
+    python = config["substitutions"]["_PYTHON_IMAGE"]
+    assert python.startswith("mirror.gcr.io/")
+    for dockerfile in set(re.findall(r"docker/[\w-]+-base\.Dockerfile", text)):
+        assert f"ARG PYTHON_IMAGE={python}\n" in (ROOT / dockerfile).read_text()
     # --build-arg=NAME=${_NAME}: each name an ARG of the Dockerfile it builds
     for dockerfile in set(re.findall(r"docker/[\w-]+\.Dockerfile", text)):
         declared = set(re.findall(r"^ARG (\w+)", (ROOT / dockerfile).read_text(), re.M))
