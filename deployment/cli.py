@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--models", default="", help="a set or ids of the catalog")
     build.add_argument("--catalog", default="", help="your catalog, a file under weights/")
     build.add_argument("--async", dest="wait", action="store_false", help="do not wait")
+    build.add_argument(
+        "--substitution",
+        action="append",
+        default=[],
+        metavar="_NAME=VALUE",
+        help="another substitution of the Cloud Build file (repeatable)",
+    )
 
     for name, text in (
         ("deploy", "deploy a variant's services (prints the plan first)"),
@@ -83,12 +90,26 @@ def _plan(gcloud: Gcloud, project: Project, args: argparse.Namespace) -> None:
     ops.deploy(gcloud, project, variant, private=args.private, public_access=args.public_access)
 
 
+def _pairs(items: list[str]) -> dict[str, str]:
+    pairs = dict(item.partition("=")[::2] for item in items)
+    wrong = [name for name in pairs if not name.startswith("_") or not name[1:].isupper()]
+    if wrong:
+        raise Failed(f"--substitution {wrong[0]}: give _NAME=VALUE, e.g. _PYTHON_IMAGE=...")
+    return pairs
+
+
 def _action(args: argparse.Namespace) -> Callable[[Gcloud, Project], object]:
     if args.command == "setup":
         return ops.setup
     if args.command == "build":
         return lambda g, p: ops.build(
-            g, p, args.image, models=args.models, catalog=args.catalog, wait=args.wait
+            g,
+            p,
+            args.image,
+            models=args.models,
+            catalog=args.catalog,
+            wait=args.wait,
+            extra=_pairs(args.substitution),
         )
     if args.command == "deploy":
         parts = (args.only,) if args.only else ("backend", "frontend")

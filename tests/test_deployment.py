@@ -413,3 +413,14 @@ def test_v3_builds_the_catalogs_v2_set_by_default():
 
 def test_the_spec_agrees_with_itself():
     spec.check()
+
+
+@pytest.mark.parametrize("path", CLOUDBUILD, ids=lambda p: p.name)
+def test_cloud_build_file_matches_cloud_builds_schema(path):
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    done = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.cloudbuild", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

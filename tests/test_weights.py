@@ -559,4 +559,4 @@ def test_a_plain_http_mirror_is_refused_before_any_connection(
 
 
 # That the image builds fetch frozen once the lock is committed is tested beside the
-# Dockerfile's other steps, in tests/test_deployment_static.py.
+# Dockerfile's other steps, in tests/test_images.py.
