@@ -69,11 +69,6 @@ class Settings:
         env = os.environ if env is None else env
         reader = _Reader(env)
         session = SessionSettings()  # the defaults, read below
-        if env.get("MAX_REQUEST_MB", "").strip():
-            raise SettingsError(
-                "MAX_REQUEST_MB is no longer read: the request limit is the image limit "
-                "(MAX_IMAGE_MB) plus room for the multipart framing; unset it"
-            )
         image_mb = reader.integer("MAX_IMAGE_MB", MAX_IMAGE_MB, minimum=1)
         if image_mb > MAX_IMAGE_MB:
             raise SettingsError(

@@ -112,12 +112,6 @@ def test_no_other_file_spells_the_limit_out():
     assert offenders == []
 
 
-def test_the_frontend_image_ships_the_limit_module():
-    dockerfile = (ROOT / "docker" / "frontend.Dockerfile").read_text()
-    copy = r"^COPY runtime/__init__\.py runtime/limits\.py /app/runtime/$"
-    assert re.search(copy, dockerfile, re.MULTILINE)
-
-
 # --- the backend's settings ---------------------------------------------------------------
 
 
@@ -131,7 +125,6 @@ def test_a_lower_image_limit_moves_the_request_limit_with_it():
     ("env", "named"),
     [
         ({"MAX_IMAGE_MB": str(MAX_IMAGE_MB + 1)}, "runtime/limits.py"),
-        ({"MAX_REQUEST_MB": "10"}, "MAX_REQUEST_MB is no longer read"),
     ],
 )
 def test_settings_that_would_split_the_limit_are_refused(env, named):
