@@ -66,21 +66,26 @@ class Gcloud:
     executable: str = "gcloud"
     ran: list[list[str]] = field(default_factory=list)
 
-    def change(self, *args: str) -> None:
+    # Each takes the command as one line split at spaces (ids and flags have none), then any
+    # arguments that may hold a space, as they are.
+    def change(self, line: str, *more: str) -> None:
         """Run a command that changes something (print it first)."""
+        args = (*line.split(), *more)
         self._show(args)
         if not self.dry_run:
             self._run(args, capture=False)
 
-    def read(self, *args: str, placeholder: str) -> str:
+    def read(self, line: str, *more: str, placeholder: str) -> str:
         """The output of a command that only reads (with dry_run: the placeholder)."""
+        args = (*line.split(), *more)
         self._show(args, note="read")
         if self.dry_run:
             return placeholder
         return self._run(args, capture=True).strip()
 
-    def exists(self, *args: str) -> bool:
+    def exists(self, line: str) -> bool:
         """Whether a describe command finds its resource (dry run: no, to show the creation)."""
+        args = tuple(line.split())
         self._show(args, note="does it exist?")
         if self.dry_run:
             return False
