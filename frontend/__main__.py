@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from frontend.config import ConfigError, FrontendConfig
+from frontend.config import ConfigError, FrontendConfig, RetiredSetting
 from runtime.limits import MAX_IMAGE_MB
 
 APP = Path(__file__).resolve().with_name("app.py")
@@ -48,6 +48,10 @@ def main() -> None:
     address = os.environ.get("FRONTEND_ADDRESS", "0.0.0.0").strip() or "0.0.0.0"  # noqa: S104  # a container serves every interface
     try:
         FrontendConfig.from_env()
+    except RetiredSetting as exc:
+        # A deployment still written for the old names would serve something it did not ask
+        # for: it stops here, and its logs say what to rename.
+        sys.exit(f"error: {exc}")
     except ConfigError as exc:
         # Still serve: the page itself tells the visitor what is missing.
         print(f"warning: {exc}; the page will say so", file=sys.stderr)

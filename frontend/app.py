@@ -1,7 +1,7 @@
 """Baked Vision's page: an image (URL, upload, camera or an example) in, ImageNet classes out.
 
-Run it with `python -m frontend`. Configuration (see frontend/config.py): SERVING_URL (or
-API_GATEWAY), MODEL_PICKER, BACKEND_AUTH. The chosen model lives in this browser session's
+Run it with `python -m frontend`. Configuration (see frontend/config.py): SERVING_URL,
+MODEL_PICKER, BACKEND_AUTH. The chosen model lives in this browser session's
 `st.session_state` and is sent with every request: no user ever changes the server's state.
 """
 

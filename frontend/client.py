@@ -85,7 +85,7 @@ class Prediction:
 
 
 class BackendClient:
-    """Calls one backend or API gateway (SERVING_URL / API_GATEWAY); both route by path."""
+    """Calls one backend or API gateway (SERVING_URL); both route by path."""
 
     def __init__(
         self,
@@ -229,9 +229,7 @@ def _error_for(status: int, raw: bytes, path: str) -> BackendError:
             "is not allowed to call it (see BACKEND_AUTH=id_token)."
         )
     if status == 404:
-        return BackendFailed(
-            f"The backend has no {path} (HTTP 404): is SERVING_URL / API_GATEWAY right?"
-        )
+        return BackendFailed(f"The backend has no {path} (HTTP 404): is SERVING_URL right?")
     if status == 429 or status >= 500:
         return BackendUnavailable(
             f"The backend is unavailable right now (HTTP {status}); try again in a moment."

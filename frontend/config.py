@@ -8,11 +8,12 @@ else it learns from the backend's model list (`GET /models`, the default first):
 - ``off``: no picker: every request goes to the backend's default model.
 
 Every prediction goes to ``/model/<id>/predict``, which a v1 or v2 backend and the v3 gateway
-all serve, so nothing depends on which of them answers.
+all serve, so nothing depends on which of them answers: ``SERVING_URL`` is the backend's or the
+gateway's URL, one frontend image serves every variant.
 
-``FRONTEND_MODE`` is the older setting the deployment scripts still pass: ``v1`` means
-``MODEL_PICKER=off``, ``v2`` ``on``, ``v3`` ``on`` with the URL from ``API_GATEWAY``,
-``auto`` ``auto``. ``MODEL_PICKER``, when set, wins.
+Each setting has one name. The retired ones (``FRONTEND_MODE``, ``API_GATEWAY``) are refused
+when set, with the name that replaced them: silently ignored, they would leave a deployment
+that still sets them serving something else than it asks for.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from urllib.parse import urlsplit
 from runtime.timing import TIMING
 
 PICKER_MODES = ("auto", "on", "off")
-# FRONTEND_MODE (older) -> MODEL_PICKER
-LEGACY_MODES = {"v1": "off", "v2": "on", "v3": "on", "auto": "auto"}
+# A retired name -> what replaced it.
+RETIRED = {
+    "FRONTEND_MODE": "MODEL_PICKER=auto|on|off (v1 was off, v2 and v3 on)",
+    "API_GATEWAY": "SERVING_URL (the gateway's URL, as any backend's)",
+}
 AUTH_MODES = ("none", "id_token")
 
 
@@ -34,11 +38,15 @@ class ConfigError(ValueError):
     """The page is not configured (or configured wrongly); the message names the variable."""
 
 
+class RetiredSetting(ConfigError):
+    """A retired setting name is set; the message names the one that replaced it."""
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     """Where the backend is, how to talk to it, and whether to offer a model picker."""
 
-    base_url: str  # SERVING_URL or API_GATEWAY, without a trailing "/"
+    base_url: str  # SERVING_URL, without a trailing "/"
     picker: str = "auto"
     auth: str = "none"
     audience: str | None = None  # ID token audience; None: the base URL (a Cloud Run service)
@@ -53,18 +61,18 @@ class FrontendConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FrontendConfig:
         env = os.environ if env is None else env
-        mode = env.get("FRONTEND_MODE", "").strip().lower()
-        if mode and mode not in LEGACY_MODES:
-            raise ConfigError(
-                f"FRONTEND_MODE={mode!r} is not one of {', '.join(LEGACY_MODES)} "
-                "(an older setting; MODEL_PICKER=auto|on|off replaces it)"
-            )
-        picker = env.get("MODEL_PICKER", "").strip().lower() or LEGACY_MODES.get(mode, "auto")
+        check_retired(env)
+        picker = env.get("MODEL_PICKER", "").strip().lower() or "auto"
         if picker not in PICKER_MODES:
             raise ConfigError(f"MODEL_PICKER={picker!r} is not one of {', '.join(PICKER_MODES)}")
 
-        name, url = _base_url(env, gateway_only=mode == "v3")
-        _check_base_url(name, url)
+        url = env.get("SERVING_URL", "").strip()
+        if not url:
+            raise ConfigError(
+                "SERVING_URL is not set: set it to the backend's (or the API gateway's) URL, "
+                "e.g. https://....run.app"
+            )
+        _check_base_url("SERVING_URL", url)
 
         auth = env.get("BACKEND_AUTH", "none").strip().lower() or "none"
         if auth not in AUTH_MODES:
@@ -79,25 +87,13 @@ class FrontendConfig:
         )
 
 
-def _base_url(env: Mapping[str, str], *, gateway_only: bool) -> tuple[str, str]:
-    """(variable, URL): SERVING_URL, else API_GATEWAY (what the v3 deployment sets)."""
-    serving_url = env.get("SERVING_URL", "").strip()
-    gateway = env.get("API_GATEWAY", "").strip()
-    if gateway_only:  # FRONTEND_MODE=v3 always meant the gateway
-        if not gateway:
-            raise ConfigError(
-                "API_GATEWAY is not set: FRONTEND_MODE=v3 calls the API gateway; set it to "
-                "the gateway's URL, e.g. https://....gateway.dev"
-            )
-        return "API_GATEWAY", gateway
-    if serving_url:
-        return "SERVING_URL", serving_url
-    if gateway:
-        return "API_GATEWAY", gateway
-    raise ConfigError(
-        "SERVING_URL is not set: set it to the backend's (or the API gateway's) URL, "
-        "e.g. https://....run.app"
-    )
+def check_retired(env: Mapping[str, str]) -> None:
+    """Raises RetiredSetting if a retired name is set (even empty: someone still sets it)."""
+    found = [name for name in RETIRED if name in env]
+    if found:
+        raise RetiredSetting(
+            "; ".join(f"{name} is retired: set {RETIRED[name]} instead" for name in found)
+        )
 
 
 def _check_base_url(name: str, url: str) -> None:

@@ -12,8 +12,6 @@ from streamlit.testing.v1 import AppTest
 APP = str(Path(__file__).resolve().parents[1] / "frontend" / "app.py")
 CONFIG_VARS = (
     "SERVING_URL",
-    "API_GATEWAY",
-    "FRONTEND_MODE",
     "MODEL_PICKER",
     "BACKEND_AUTH",
     "BACKEND_AUDIENCE",

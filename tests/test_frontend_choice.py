@@ -129,13 +129,3 @@ def test_one_setting_says_whether_there_is_a_picker(monkeypatch, picker, models,
     assert bool(at.selectbox) is has_picker
     # Without a picker, the backend's default: the first model of its list, by path.
     assert predicted_paths(server) == [f"/model/{models[0]}/predict"]
-
-
-@pytest.mark.parametrize(("mode", "has_picker"), [("v1", False), ("v2", True), ("auto", True)])
-def test_the_older_frontend_mode_still_works(monkeypatch, mode, has_picker):
-    with backend() as server:
-        monkeypatch.setenv("SERVING_URL", server.url)
-        monkeypatch.setenv("FRONTEND_MODE", mode)
-        at = open_page()
-    assert not at.exception and not at.error
-    assert bool(at.selectbox) is has_picker

@@ -12,7 +12,7 @@ import requests
 from PIL import Image
 
 from frontend.__main__ import streamlit_command
-from frontend.config import ConfigError, FrontendConfig
+from frontend.config import ConfigError, FrontendConfig, RetiredSetting
 from frontend.examples import DIRECTORY, EXAMPLES
 from frontend.inputs import MAX_UPLOAD_BYTES, InvalidInput, check_image_url, check_upload
 from tests.backend_process import ROOT
@@ -27,22 +27,8 @@ from tests.frontend_process import start_frontend
         ({"SERVING_URL": "https://backend-v1.run.app/"}, "auto", "https://backend-v1.run.app"),
         ({"SERVING_URL": "http://b:8080", "MODEL_PICKER": "On"}, "on", "http://b:8080"),
         ({"SERVING_URL": "http://b:8080", "MODEL_PICKER": "off"}, "off", "http://b:8080"),
-        ({"API_GATEWAY": "https://gw.example.com"}, "auto", "https://gw.example.com"),
-        ({"API_GATEWAY": "https://gw", "SERVING_URL": "https://b"}, "auto", "https://b"),
-        # FRONTEND_MODE, the older setting the deployment scripts pass, still means the same.
-        ({"SERVING_URL": "https://b", "FRONTEND_MODE": "v1"}, "off", "https://b"),
-        ({"SERVING_URL": "http://b:8080", "FRONTEND_MODE": "V2"}, "on", "http://b:8080"),
-        ({"SERVING_URL": "https://b", "FRONTEND_MODE": "auto"}, "auto", "https://b"),
-        (
-            {"API_GATEWAY": "https://gw", "SERVING_URL": "https://b", "FRONTEND_MODE": "v3"},
-            "on",
-            "https://gw",
-        ),
-        (
-            {"SERVING_URL": "https://b", "FRONTEND_MODE": "v1", "MODEL_PICKER": "on"},
-            "on",
-            "https://b",
-        ),
+        # A v3 gateway is a SERVING_URL like any backend: it routes /model/<id>/predict.
+        ({"SERVING_URL": "https://gw.example.com"}, "auto", "https://gw.example.com"),
     ],
 )
 def test_picker_and_url_come_from_the_environment(env, picker, base_url):
@@ -68,11 +54,7 @@ def test_the_picker_follows_the_setting_and_the_model_list(picker, models, shown
     ("env", "named"),
     [
         ({}, "SERVING_URL is not set"),
-        ({"FRONTEND_MODE": "v1"}, "SERVING_URL is not set"),
-        ({"FRONTEND_MODE": "v3", "SERVING_URL": "https://b"}, "API_GATEWAY is not set"),
         ({"SERVING_URL": "backend:8080"}, "SERVING_URL='backend:8080' is not an http(s) URL"),
-        ({"SERVING_URL": "https://b", "FRONTEND_MODE": "v9"}, "FRONTEND_MODE='v9'"),
-        ({"SERVING_URL": "https://b", "FRONTEND_MODE": "v9"}, "MODEL_PICKER=auto|on|off"),
         ({"SERVING_URL": "https://b", "MODEL_PICKER": "yes"}, "MODEL_PICKER='yes'"),
         ({"SERVING_URL": "https://b", "BACKEND_AUTH": "oauth"}, "BACKEND_AUTH='oauth'"),
         ({"SERVING_URL": "https://b", "BACKEND_TIMEOUT_S": "soon"}, "BACKEND_TIMEOUT_S='soon'"),
@@ -83,6 +65,22 @@ def test_wrong_settings_name_the_variable(env, named):
     with pytest.raises(ConfigError) as caught:
         FrontendConfig.from_env(env)
     assert named in str(caught.value)
+
+
+RETIRED_NAMES = [
+    ({"SERVING_URL": "https://b", "FRONTEND_MODE": "v2"}, "FRONTEND_MODE", "MODEL_PICKER"),
+    ({"SERVING_URL": "https://b", "FRONTEND_MODE": ""}, "FRONTEND_MODE", "MODEL_PICKER"),
+    ({"API_GATEWAY": "https://gw"}, "API_GATEWAY", "SERVING_URL"),
+    ({"API_GATEWAY": "https://gw", "SERVING_URL": "https://gw"}, "API_GATEWAY", "SERVING_URL"),
+]
+
+
+@pytest.mark.parametrize(("env", "old", "new"), RETIRED_NAMES)
+def test_a_retired_name_is_refused_naming_its_replacement(env, old, new):
+    # Not ignored: a deployment still setting it would silently serve something else.
+    with pytest.raises(RetiredSetting) as caught:
+        FrontendConfig.from_env(env)
+    assert f"{old} is retired: set {new}" in str(caught.value)
 
 
 def test_auth_timeouts_and_audience_are_read():
@@ -167,6 +165,20 @@ def test_a_bad_port_stops_the_start_with_its_name():
     )
     assert result.returncode != 0
     assert "PORT='http' is not a TCP port" in result.stderr
+
+
+def test_a_retired_name_stops_the_start_naming_its_replacement():
+    result = subprocess.run(
+        [sys.executable, "-m", "frontend"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "SERVING_URL": "http://b:8080", "FRONTEND_MODE": "v1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "FRONTEND_MODE is retired: set MODEL_PICKER" in result.stderr
+    assert "serving the page" not in result.stderr  # it never started
 
 
 @pytest.mark.slow

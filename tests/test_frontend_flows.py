@@ -57,7 +57,7 @@ def assert_shows(at, answer: dict) -> None:
 
 def test_v1_an_image_url_gets_the_default_models_prediction(backend_server, images, monkeypatch):
     monkeypatch.setenv("SERVING_URL", backend_server.url)
-    monkeypatch.setenv("FRONTEND_MODE", "v1")
+    monkeypatch.setenv("MODEL_PICKER", "off")
     at = open_page()
     assert not at.exception
     assert not at.selectbox  # v1: one model, no picker
@@ -71,7 +71,7 @@ def test_v1_an_image_url_gets_the_default_models_prediction(backend_server, imag
 
 def test_v1_an_upload_gets_a_prediction(backend_server, monkeypatch):
     monkeypatch.setenv("SERVING_URL", backend_server.url)
-    monkeypatch.setenv("FRONTEND_MODE", "v1")
+    monkeypatch.setenv("MODEL_PICKER", "off")
     at = classify_upload(open_page(), "sky.jpg", JPEG, "image/jpeg")
     assert not at.exception
     assert not at.error
@@ -82,7 +82,7 @@ def test_v1_an_upload_gets_a_prediction(backend_server, monkeypatch):
 def test_v2_two_sessions_choosing_different_models_each_get_their_own(
     backend_server, images, monkeypatch
 ):
-    # No FRONTEND_MODE: with SERVING_URL and two served models, the picker appears (auto).
+    # No MODEL_PICKER: with SERVING_URL and two served models, the picker appears (auto).
     monkeypatch.setenv("SERVING_URL", backend_server.url)
     image_url = f"{images.url}/cat.jpg"
     alice, bob = open_page(), open_page()
@@ -108,7 +108,7 @@ def test_v2_two_sessions_choosing_different_models_each_get_their_own(
 
 def test_v3_goes_through_the_gateway_by_path(backend_server, images, monkeypatch):
     with gateway(backend_server.url) as api:
-        monkeypatch.setenv("API_GATEWAY", api.url)  # alone, it means v3
+        monkeypatch.setenv("SERVING_URL", api.url)  # the gateway, as any backend
         at = open_page()
         assert at.selectbox(key="model").options == MODELS
         at.selectbox(key="model").select("mobilenet_v3_large").run()

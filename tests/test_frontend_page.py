@@ -84,11 +84,12 @@ def test_without_serving_url_the_page_says_what_to_set():
     assert not at.text_input  # nothing to use until configured
 
 
-def test_v3_without_api_gateway_names_api_gateway(monkeypatch):
-    monkeypatch.setenv("FRONTEND_MODE", "v3")
+def test_a_retired_name_is_named_on_the_page_with_its_replacement(monkeypatch):
+    monkeypatch.setenv("SERVING_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("API_GATEWAY", "http://127.0.0.1:1")
     at = open_page()
     assert not at.exception
-    assert any("API_GATEWAY" in e for e in texts(at.error))
+    assert any("API_GATEWAY is retired: set SERVING_URL" in e for e in texts(at.error))
 
 
 def test_a_wrong_picker_setting_is_named(monkeypatch):
@@ -97,14 +98,6 @@ def test_a_wrong_picker_setting_is_named(monkeypatch):
     at = open_page()
     assert not at.exception
     assert any("MODEL_PICKER='sometimes'" in e for e in texts(at.error))
-
-
-def test_a_wrong_mode_is_named(monkeypatch):
-    monkeypatch.setenv("SERVING_URL", "http://127.0.0.1:1")
-    monkeypatch.setenv("FRONTEND_MODE", "v4")
-    at = open_page()
-    assert not at.exception
-    assert any("FRONTEND_MODE='v4'" in e for e in texts(at.error))
 
 
 # --- a working stand-in backend ------------------------------------------------------------
@@ -319,7 +312,7 @@ def test_an_undecodable_upload_shows_the_backends_message_and_no_image(monkeypat
 
 
 def test_v3_with_the_gateway_down_says_so_and_offers_nothing_to_send(monkeypatch):
-    monkeypatch.setenv("API_GATEWAY", closed_port_url())
+    monkeypatch.setenv("SERVING_URL", closed_port_url())  # the gateway's URL
     at = open_page()
     assert not at.exception
     assert any("Cannot reach the backend" in e for e in texts(at.error))

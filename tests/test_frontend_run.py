@@ -88,14 +88,14 @@ def test_dry_run_prints_every_command_and_runs_none(tmp_path):
     assert "MODELS=resnet152" in backend
     (frontend,) = [line for line in lines if "-m frontend" in line]
     assert "SERVING_URL=http://127.0.0.1:9001" in frontend and "PORT=9002" in frontend
-    assert "FRONTEND_MODE=v1" in frontend
+    assert "MODEL_PICKER=off" in frontend
     assert not weights.exists() and not bundles.exists()
 
 
 def test_dry_run_of_v2_serves_the_v2_set_with_a_picker():
     lines = run("--dry-run", "--version", "v2").stdout.splitlines()
     assert any("MODELS=v2" in line and "-m gunicorn" in line for line in lines)
-    assert any("FRONTEND_MODE=v2" in line and "-m frontend" in line for line in lines)
+    assert any("MODEL_PICKER=on" in line and "-m frontend" in line for line in lines)
 
 
 def closed_port_url() -> str:
