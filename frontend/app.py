@@ -1,21 +1,34 @@
-"""Baked Vision's page: an image (URL, upload, camera or an example) in, ImageNet classes out.
+"""Baked Vision's page: an image (an example, a URL, an upload or the camera) in, classes out.
 
 Run it with `python -m frontend`. Configuration (see frontend/config.py): SERVING_URL,
-MODEL_PICKER, BACKEND_AUTH. The chosen model lives in this browser session's
-`st.session_state` and is sent with every request: no user ever changes the server's state.
+MODEL_PICKER, BACKEND_AUTH. The chosen model lives in this browser session and in the page's
+link (frontend/link.py), and is sent with every request: no user ever changes the server's
+state.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from frontend import sources
+from frontend import link, present, sources
 from frontend.auth import IdTokenSessions
-from frontend.choice import Choice, choose
-from frontend.client import BackendClient
+from frontend.choice import Choice, choose, model_info
+from frontend.client import BackendClient, BackendError
 from frontend.config import ConfigError, FrontendConfig
 from frontend.inputs import InvalidInput
-from frontend.results import Outcome, ask_every_model, ask_one, show
+from frontend.results import (
+    Outcome,
+    ask_every_model,
+    ask_one,
+    scroll_if_fresh,
+    show,
+    view_of,
+)
+
+OUTCOME = "outcome"
+STYLE = Path(__file__).with_name("page.css")
 
 
 @st.cache_resource
@@ -38,31 +51,58 @@ def make_client(config: FrontendConfig) -> BackendClient:
 
 
 def ask_for_an_image() -> sources.Query | None:
-    """The four ways in, as tabs; the query the user just sent, if any."""
-    tabs = st.tabs(["Image URL", "Upload", "Camera", "Examples"])
-    forms = (sources.url_form, sources.upload_form, sources.camera_form, sources.examples_form)
+    """The ways in, as tabs; the query the user just sent, if any."""
+    tabs = st.tabs(["Examples", "Image URL", "Upload", "Camera"], key="inputs")
+    forms = (sources.examples_form, sources.url_form, sources.upload_form, sources.camera_form)
     query = None
     for tab, form in zip(tabs, forms, strict=True):
         with tab:
             try:
                 query = form() or query
             except InvalidInput as exc:
-                st.session_state.outcome = Outcome(error=str(exc), input_problem=True)
+                st.session_state[OUTCOME] = Outcome(problem=str(exc))
+                link.keep_query(None)  # the link no longer names what is on the screen
     return query
 
 
 def answer(client: BackendClient, choice: Choice, query: sources.Query) -> None:
+    """Asks, draws the answer as it arrives, and keeps it (and its image in the link)."""
+    view = view_of(query.source, choice.model, choice.compare)
+    link.keep_query(query)
     if choice.compare:
-        st.session_state.outcome = ask_every_model(client, query, choice.models)
+        st.session_state[OUTCOME] = ask_every_model(client, query, choice.models, view)
+        scroll_if_fresh()
     else:
-        st.session_state.outcome = ask_one(client, query, choice.model)
-        show(st.session_state.outcome)
+        st.session_state[OUTCOME] = ask_one(client, query, choice.model, view)
+        if not query.from_upload:  # an upload's answer is drawn by the rerun that follows
+            show(st.session_state[OUTCOME])
+
+
+def follow_the_link(choice: Choice) -> sources.Query | None:
+    """The link's image, when what is shown is not its answer (a link opened, a model changed);
+    drops a result that no longer matches the choice (an upload asked of another model)."""
+    outcome = st.session_state.get(OUTCOME)
+    try:
+        linked = link.linked_query()
+    except InvalidInput as exc:
+        st.session_state[OUTCOME] = Outcome(problem=str(exc))
+        link.keep_query(None)
+        return None
+    if linked is not None:
+        if outcome is None or outcome.view != view_of(linked.source, choice.model, choice.compare):
+            return linked
+        return None
+    stale = outcome is not None and outcome.view is not None
+    if stale and outcome.view != view_of(outcome.view[0], choice.model, choice.compare):
+        del st.session_state[OUTCOME]  # asked of another model
+    return None
 
 
 def main() -> None:
     st.set_page_config(page_title="Baked Vision", page_icon="🔎")
+    st.html(STYLE)
     st.title("Baked Vision")
-    st.write("Classify an image into one of the 1,000 ImageNet categories.")
+    intro = st.empty()
     try:
         config = FrontendConfig.from_env()
     except ConfigError as exc:
@@ -72,15 +112,24 @@ def main() -> None:
     choice = choose(config, client)
     if choice is None:
         st.stop()
+    try:
+        info = model_info(client, config.base_url, choice.model)
+    except BackendError:
+        info = None  # a gateway may not route metadata; the page works without it
+    intro.caption(present.intro(info))
+    area = st.container(key="answer")  # the answer sits above the inputs: where the eye is
     query = ask_for_an_image()
-    if query is not None:
-        answer(client, choice, query)  # drawn as it arrives
-        if query.from_upload:
-            # Drawn again at once, from the session's outcome, with the uploader empty under its
-            # new key: Streamlit drops the file now, not at the user's next click.
-            st.rerun()
-    elif "outcome" in st.session_state:
-        show(st.session_state.outcome)
+    with area:
+        if query is None:
+            query = follow_the_link(choice)
+        if query is not None:
+            answer(client, choice, query)  # drawn as it arrives
+            if query.from_upload:
+                # Drawn again at once, from the session's outcome, with the uploader empty under
+                # its new key: Streamlit drops the file now, not at the user's next click.
+                st.rerun()
+        elif OUTCOME in st.session_state:
+            show(st.session_state[OUTCOME])
 
 
 main()

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from frontend import present
+from frontend import link, present
 from frontend.client import BackendClient, BackendError
 from frontend.config import FrontendConfig
+from frontend.messages import explain
 
 CHOICE = "chosen_model"  # the session's pick, kept across any failure
 KNOWN = "known_models"  # the last model list this session saw
@@ -52,7 +53,10 @@ def choose(config: FrontendConfig, client: BackendClient) -> Choice | None:
         models = served_models(client, config.base_url)
         listed = True
     except BackendError as exc:
-        st.error(f"Could not load the list of models. {exc}")
+        plain = explain(exc)
+        st.error(f"Could not load the list of models. {plain.text}")
+        with st.expander("Details"):
+            st.code(plain.detail, language=None, wrap_lines=True)
         models, listed = st.session_state.get(KNOWN), False
         if not models:
             # Every prediction is routed by model id: without one, nothing can be sent, and
@@ -63,21 +67,40 @@ def choose(config: FrontendConfig, client: BackendClient) -> Choice | None:
 
     picker = config.shows_picker(models)
     can_compare = picker and len(models) > 1
+    if listed and link.first_visit():
+        _follow_link(models, can_compare)
     comparing = can_compare and st.session_state.get(COMPARE, False)
-    if not picker:
-        model = models[0]  # the backend's default
-    elif listed:
-        model = _pick(models, disabled=comparing)
+    # One row: the picker and the compare switch (stacked on a phone).
+    if picker:
+        left, right = st.columns([3, 2], vertical_alignment="bottom")
     else:
-        model = _remembered(models)
-    compare = can_compare and st.toggle(
-        "Compare every model",
-        key=COMPARE,
-        help="Ask every model about the same image at once and see their answers side by side.",
-    )
+        left = right = st.container()
+    with left:
+        if not picker:
+            model = models[0]  # the backend's default
+        elif listed:
+            model = _pick(models, disabled=comparing)
+        else:
+            model = _remembered(models)
+    with right:
+        compare = can_compare and st.toggle(
+            "Compare every model",
+            key=COMPARE,
+            help="Ask every model about the same image at once; see their answers side by side.",
+        )
     if not compare:
         show_model(client, config, model)
+    link.keep_choice(model if picker else None, compare)
     return Choice(model, models, compare)
+
+
+def _follow_link(models: list[str], can_compare: bool) -> None:
+    """A session opened from a link starts with the link's model and compare setting."""
+    linked = link.linked_model()
+    if linked in models:
+        st.session_state[CHOICE] = linked
+    if can_compare and link.linked_compare():
+        st.session_state[COMPARE] = True
 
 
 def _pick(models: list[str], *, disabled: bool) -> str:
@@ -118,4 +141,4 @@ def show_model(client: BackendClient, config: FrontendConfig, model_id: str) -> 
         return  # a gateway may not route metadata; the page works without it
     st.caption(present.model_caption(info))
     if info.get("untrained") is True:
-        st.warning(present.UNTRAINED_NOTE)
+        st.warning(present.UNTRAINED_SHORT)

@@ -30,7 +30,11 @@ _IMAGE_SOURCE_CODES = frozenset({"upstream_error", "upstream_timeout"})
 
 
 class BackendError(Exception):
-    """The backend gave no usable answer; `str(error)` is a sentence for the user."""
+    """The backend gave no usable answer; `str(error)` says why, for whoever looks into it
+    (frontend/messages.py puts it in the user's words)."""
+
+    code: str | None = None  # the backend's error code, when it sent one
+    status: int | None = None  # the HTTP status, when there was an answer
 
 
 class BackendUnavailable(BackendError):
@@ -212,6 +216,14 @@ class _DeadlineExceeded(Exception):
 
 
 def _error_for(status: int, raw: bytes, path: str) -> BackendError:
+    """The error a non-2xx answer means, with the backend's code and status attached."""
+    error = _error_text(status, raw, path)
+    error.status = status
+    error.code = _contract_error(raw)[0]
+    return error
+
+
+def _error_text(status: int, raw: bytes, path: str) -> BackendError:
     """The error a non-2xx answer means, with the backend's own message when it sent one."""
     code, message = _contract_error(raw)
     if message is not None:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from frontend.client import BackendError, Prediction
+from frontend.messages import Plain, explain
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class ModelAnswer:
 
     model: str
     prediction: Prediction | None = None
-    error: str | None = None
+    error: Plain | None = None
     round_trip_ms: float = 0.0
 
 
@@ -43,7 +44,7 @@ def _timed(model: str, ask: Callable[[str], Prediction]) -> ModelAnswer:
     try:
         prediction = ask(model)
     except BackendError as exc:
-        return ModelAnswer(model, error=str(exc), round_trip_ms=_since(start))
+        return ModelAnswer(model, error=explain(exc), round_trip_ms=_since(start))
     return ModelAnswer(model, prediction=prediction, round_trip_ms=_since(start))
 
 

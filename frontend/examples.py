@@ -28,3 +28,11 @@ EXAMPLES = (
     Example("astronaut", "An astronaut"),
     Example("rocket", "A rocket"),
 )
+
+
+def by_key(key: str) -> Example:
+    """The example called `key`; KeyError for any other (e.g. a link edited by hand)."""
+    for example in EXAMPLES:
+        if example.key == key:
+            return example
+    raise KeyError(key)

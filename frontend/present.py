@@ -10,6 +10,14 @@ import pandas as pd
 from frontend.client import Prediction
 
 CHART_ROWS = 5
+ROW_PX, BAR_PX, LABEL_PX = 44, 14, 18  # a row of the top-k chart: its label above its bar
+FLOOR = 0.02  # the shortest bar, as a share of the longest: small values stay visible
+# One colour per model, the same in every chart and in the legend (Tableau 10, colour-blind
+# friendly in its first four); models beyond ten cycle.
+MODEL_COLOURS = (
+    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
+    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+)  # fmt: skip
 # The compare chart shows each model's best few classes: enough to see where the models agree.
 COMPARE_CLASSES = 3
 # Below this probability the top label is a guess, and the sentence says so.
@@ -19,7 +27,7 @@ UNTRAINED_NOTE = (
     "Untrained demo weights: this model's weights are random (the real ones could not be "
     "downloaded where the backend runs), so its predictions are meaningless."
 )
-UNTRAINED_SHORT = "Untrained demo weights: a random answer."
+UNTRAINED_SHORT = "Untrained demo weights: this model's answers are random."
 
 
 def headline(prediction: Prediction) -> str:
@@ -55,19 +63,32 @@ def top_frame(prediction: Prediction, rows: int = CHART_ROWS) -> pd.DataFrame:
 
 
 def top_chart(frame: pd.DataFrame) -> alt.Chart:
-    """Horizontal bars, best on top, each labelled with its percentage."""
-    # Sorted by the frame's order, not alphabetically (Vega-Lite's default for a nominal axis).
-    y = alt.Y("label:N", sort=None, title=None, axis=alt.Axis(labelLimit=260))
-    # A fixed 0-100 % scale: an unsure model's bars look short instead of filling the width.
-    x = alt.X(
-        "probability:Q",
-        title="probability",
-        scale=alt.Scale(domain=[0, 1]),
-        axis=alt.Axis(format="%"),
+    """One bar per label, best on top: the label written above its bar, the value at its end.
+
+    Labels above the bars leave the bars the whole width, even on a phone. The scale runs to
+    the best probability (not a fixed 100 %), and every bar is at least FLOOR of the longest,
+    so a class of a few percent is still a bar, its true value written beside it.
+    """
+    top = float(frame["probability"].max()) if len(frame) else 1.0
+    data = frame.assign(rank=range(len(frame)), shown=frame["probability"].clip(lower=FLOOR * top))
+    base = alt.Chart(data).encode(
+        y=alt.Y("rank:O", axis=None, title=None),
+        tooltip=["label", alt.Tooltip("probability:Q", format=".1%")],
     )
-    bars = alt.Chart(frame).mark_bar().encode(x=x, y=y, tooltip=["label", "probability"])
-    text = bars.mark_text(align="left", dx=4).encode(text=alt.Text("probability:Q", format=".1%"))
-    return bars + text
+    x = alt.X("shown:Q", axis=None, scale=alt.Scale(domain=[0, top * 1.25]), title=None)
+    bars = base.mark_bar(size=BAR_PX, cornerRadiusEnd=3, yOffset=LABEL_PX / 2).encode(x=x)
+    value = base.mark_text(align="left", dx=4, yOffset=LABEL_PX / 2, fontWeight="bold").encode(
+        x=x, text=alt.Text("probability:Q", format=".1%")
+    )
+    label = base.mark_text(align="left", baseline="bottom", yOffset=-2, fontSize=13).encode(
+        x=alt.value(0), text="label:N"
+    )
+    return (bars + value + label).configure_view(stroke=None)
+
+
+def top_height(rows: int) -> int:
+    """Pixels for `rows` bars with their labels above them."""
+    return min(rows, CHART_ROWS) * ROW_PX + 10
 
 
 def ranked_list(prediction: Prediction, rows: int = CHART_ROWS) -> str:
@@ -105,29 +126,33 @@ def compare_frame(predictions: dict[str, Prediction], top: int = COMPARE_CLASSES
     return pd.DataFrame(rows, columns=["model", "label", "probability"])
 
 
-def compare_chart(frame: pd.DataFrame) -> alt.Chart:
-    """For each class, one bar per model: where the models agree, the bars line up."""
+def compare_chart(frame: pd.DataFrame, models: list[str]) -> alt.Chart:
+    """For each class, one bar per model, grouped on its label: where the models agree, the
+    bars line up. Each model keeps its colour (its place among the served `models`) in every
+    chart, and the legend lists the models in the bars' order, above the chart, one per line
+    on a narrow screen rather than cut."""
     labels = list(dict.fromkeys(frame["label"]))
-    models = list(dict.fromkeys(frame["model"]))
-    y = alt.Y("label:N", sort=labels, title=None, axis=alt.Axis(labelLimit=260))
-    x = alt.X(
-        "probability:Q",
-        title="probability",
-        scale=alt.Scale(domain=[0, 1]),
-        axis=alt.Axis(format="%"),
+    colours = [MODEL_COLOURS[i % len(MODEL_COLOURS)] for i in range(len(models))]
+    colour = alt.Color(
+        "model:N",
+        sort=models,
+        scale=alt.Scale(domain=models, range=colours),
+        legend=alt.Legend(orient="top", title=None, columns=2, labelLimit=200),
     )
+    y = alt.Y("label:N", sort=labels, title=None, axis=alt.Axis(labelLimit=140))
+    x = alt.X("probability:Q", title=None, axis=alt.Axis(format="%", tickCount=4))
     bars = (
         alt.Chart(frame)
         .mark_bar()
         .encode(
             x=x,
             y=y,
-            yOffset=alt.YOffset("model:N", sort=models),
-            color=alt.Color("model:N", sort=models, legend=alt.Legend(orient="bottom")),
+            yOffset=alt.YOffset("model:N", sort=models, scale=alt.Scale(domain=models)),
+            color=colour,
             tooltip=["model", "label", alt.Tooltip("probability:Q", format=".1%")],
         )
     )
-    text = bars.mark_text(align="left", dx=4, fontSize=10).encode(
+    text = bars.mark_text(align="left", dx=3, fontSize=10).encode(
         text=alt.Text("probability:Q", format=".0%"), color=alt.value("#444")
     )
     return bars + text
@@ -137,6 +162,16 @@ def compare_height(frame: pd.DataFrame) -> int:
     """Pixels for the compare chart: every model's bar of every class readable, and the legend."""
     bars = frame["label"].nunique() * frame["model"].nunique()
     return 90 + 14 * bars + 8 * frame["label"].nunique()
+
+
+def intro(info: dict[str, Any] | None) -> str:
+    """What the page does, in the model's own terms: how many classes, and which."""
+    classes = info.get("num_classes") if info else None
+    if not isinstance(classes, int) or classes <= 0:
+        return "Classify an image: take a photo, upload one, paste a link or tap an example."
+    # Trained on ImageNet: the backend reports its ImageNet accuracy; a user's own model doesn't.
+    kind = " ImageNet" if isinstance(info.get("imagenet_acc1"), int | float) else ""
+    return f"Classify an image into one of {classes:,}{kind} categories."
 
 
 def model_caption(info: dict[str, Any]) -> str:

@@ -1,4 +1,8 @@
-"""What came of the last request, kept across reruns, and how the page draws it."""
+"""What came of the last request, kept across reruns, and how the page draws it.
+
+The answer is drawn at the top of the page, above the ways in: beside the image on a
+desktop, right under it on a phone, and scrolled into view when it arrives.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,13 @@ import streamlit as st
 from frontend import present
 from frontend.client import BackendClient, BackendError, Prediction
 from frontend.compare import ModelAnswer, ask_all
+from frontend.messages import Plain, explain
 from frontend.sources import Query
 
 CARDS_PER_ROW = 2  # four models in two rows: each card stays wide enough to read
+SCROLL = "scroll_to_answer"  # a fresh answer: bring it into view on the next draw
+# (source, model or "" when comparing, comparing): a result is stale once this changes.
+View = tuple[str, str, bool]
 
 
 @dataclass(frozen=True)
@@ -23,10 +31,11 @@ class Outcome:
     # A URL (the browser loads it) or a small preview of the sent bytes (frontend.preview);
     # None: nothing to show (a refused input, or one the page could not preview).
     image: str | bytes | None = None
-    prediction: Prediction | None = None  # with `image`, or else `error`
+    prediction: Prediction | None = None  # with `image`, or else `error` / `problem`
     round_trip_ms: float = 0.0
-    error: str | None = None
-    input_problem: bool = False  # the input was refused before anything was sent
+    error: Plain | None = None  # the backend gave no answer
+    problem: str | None = None  # the input was refused before anything was sent
+    view: View | None = None  # None: not tied to an input (a refused one)
 
 
 @dataclass(frozen=True)
@@ -36,9 +45,14 @@ class Comparison:
     image: str | bytes | None  # as Outcome.image
     models: tuple[str, ...]
     answers: tuple[ModelAnswer, ...]
+    view: View | None = None
 
 
-def ask_one(client: BackendClient, query: Query, model: str) -> Outcome:
+def view_of(source: str, model: str, compare: bool) -> View:
+    return (source, "" if compare else model, compare)
+
+
+def ask_one(client: BackendClient, query: Query, model: str, view: View) -> Outcome:
     """One request to the backend, timed, with any failure turned into a message."""
     start = time.perf_counter()
     try:
@@ -46,17 +60,21 @@ def ask_one(client: BackendClient, query: Query, model: str) -> Outcome:
             prediction = query.send(client, model)
     except BackendError as exc:
         # No image with an error: the backend may have refused it as undecodable.
-        return Outcome(error=str(exc))
-    return Outcome(query.shown(), prediction, (time.perf_counter() - start) * 1000)
+        return Outcome(error=explain(exc), view=view)
+    st.session_state[SCROLL] = True
+    return Outcome(query.shown(), prediction, (time.perf_counter() - start) * 1000, view=view)
 
 
-def ask_every_model(client: BackendClient, query: Query, models: list[str]) -> Comparison:
+def ask_every_model(
+    client: BackendClient, query: Query, models: list[str], view: View
+) -> Comparison:
     """All the models at once; each answer is drawn the moment it arrives."""
     shown = query.shown()
+    st.session_state[SCROLL] = True
     answers = draw_comparison(
         shown, models, ask_all(models, lambda model: query.send(client, model))
     )
-    return Comparison(shown, tuple(models), tuple(answers[m] for m in models))
+    return Comparison(shown, tuple(models), tuple(answers[m] for m in models), view)
 
 
 def show(outcome: Outcome | Comparison) -> None:
@@ -64,26 +82,45 @@ def show(outcome: Outcome | Comparison) -> None:
         draw_comparison(outcome.image, list(outcome.models), outcome.answers)
     else:
         show_outcome(outcome)
+    scroll_if_fresh()
+
+
+def scroll_if_fresh() -> None:
+    """Brings a fresh answer into view, once: the user may have scrolled down to an input."""
+    if st.session_state.pop(SCROLL, False):
+        scroll_into_view()
+
+
+def show_error(plain: Plain) -> None:
+    """The sentence and what to do on the surface; the technical detail folded away."""
+    st.error(plain.text)
+    if plain.detail:
+        with st.expander("Details"):
+            st.code(plain.detail, language=None, wrap_lines=True)
 
 
 def show_outcome(outcome: Outcome) -> None:
+    if outcome.problem:
+        st.warning(outcome.problem)
     if outcome.error:
-        (st.warning if outcome.input_problem else st.error)(outcome.error)
+        show_error(outcome.error)
     if outcome.prediction is None:
         return
     prediction = outcome.prediction
-    left, right = st.columns([2, 3])
+    # Side by side on a desktop; Streamlit stacks columns on a narrow screen: image, then answer.
+    left, right = st.columns([2, 3], gap="medium")
     with left:
         if outcome.image is not None:
             st.image(outcome.image, width="stretch", alt="The image that was classified")
-    with right:
+    with right, st.container(key="top_answer"):
+        st.markdown(f"## {prediction.top.label}")
         st.markdown(present.headline(prediction))
         st.caption(present.provenance(prediction, outcome.round_trip_ms))
-        if prediction.untrained:
-            st.warning(present.UNTRAINED_NOTE)
-    st.subheader(f"Top {min(present.CHART_ROWS, len(prediction.labels))}")
     st.altair_chart(
-        present.top_chart(present.top_frame(prediction)), width="stretch", key="top_chart"
+        present.top_chart(present.top_frame(prediction)),
+        width="stretch",
+        height=present.top_height(len(prediction.labels)),
+        key="top_chart",
     )
 
 
@@ -91,9 +128,9 @@ def draw_comparison(
     image: str | bytes | None, models: list[str], answers: Iterable[ModelAnswer]
 ) -> dict[str, ModelAnswer]:
     """A card per model, filled as `answers` come, then the chart across the models."""
-    st.subheader("Every model on this image")
     if image is not None:
-        st.image(image, width=240, alt="The image that was classified")
+        st.image(image, width=200, alt="The image that was classified")
+    common = st.empty()  # one error for a cause every model shares (a bad URL)
     slots = {}
     for start in range(0, len(models), CARDS_PER_ROW):
         row = models[start : start + CARDS_PER_ROW]
@@ -107,14 +144,30 @@ def draw_comparison(
     received = {}
     for answer in answers:
         received[answer.model] = answer
-        with slots[answer.model].container(border=True, key=f"result_{answer.model}"):
-            _card(answer)
+        if answer.prediction is not None:  # failures wait: they may share one cause
+            with slots[answer.model].container(border=True, key=f"result_{answer.model}"):
+                _card(answer)
+    errors = {received[m].error for m in models if received[m].prediction is None}
+    shared = (
+        len(models) > 1 and len(errors) == 1 and not any(a.prediction for a in received.values())
+    )
+    if shared:
+        # One cause (a bad URL, the backend down): said once, not once per model.
+        with common.container():
+            show_error(next(iter(errors)))
+    for model in models:
+        if received[model].prediction is None:
+            with slots[model].container(border=True, key=f"result_{model}"):
+                if shared:
+                    st.markdown(f"**`{model}`**")
+                    st.caption("No answer: see above.")
+                else:
+                    _card(received[model])
     predictions = {m: received[m].prediction for m in models if received[m].prediction}
     if predictions:
-        st.subheader("The models' top classes side by side")
         frame = present.compare_frame(predictions)
         st.altair_chart(
-            present.compare_chart(frame),
+            present.compare_chart(frame, models),
             width="stretch",
             height=present.compare_height(frame),  # Streamlit sets a chart's height itself
             key="compare_chart",
@@ -130,9 +183,22 @@ def _card(answer: ModelAnswer) -> None:
     st.markdown(f"**`{answer.model}`**")
     prediction = answer.prediction
     if prediction is None:
-        st.error(answer.error)
+        if answer.error:
+            show_error(answer.error)
         return
     st.markdown(present.ranked_list(prediction))
     st.caption(present.timing(prediction, answer.round_trip_ms))
     if prediction.untrained:
         st.warning(present.UNTRAINED_SHORT)
+
+
+def scroll_into_view() -> None:
+    """Scrolls the page to the top of the answer."""
+    st.html(
+        "<script>"
+        "const answer = window.parent.document.querySelector('.st-key-answer')"
+        " || document.querySelector('.st-key-answer');"
+        "if (answer) answer.scrollIntoView({block: 'start', behavior: 'smooth'});"
+        "</script>",
+        unsafe_allow_javascript=True,
+    )

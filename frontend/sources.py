@@ -1,22 +1,33 @@
-"""The four ways in: an image URL, an upload, the camera, an example photo.
+"""The ways in: an example photo, an image URL, an upload, the camera.
 
 Each draws its widgets and returns a `Query` when the user asked for a classification (or
-raises InvalidInput saying what to fix); the page then asks one model or all of them.
+raises InvalidInput saying what to fix); the page then asks one model or all of them. A query
+also says what of it goes into the page's link (frontend/link.py): an image URL or an
+example, never an upload.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import streamlit as st
 
 from frontend.client import BackendClient, Prediction
-from frontend.examples import EXAMPLES
+from frontend.examples import EXAMPLES, by_key
 from frontend.inputs import UPLOAD_TYPES, check_image_url, check_upload
 from frontend.preview import preview
 
 UPLOAD_KEY = "upload"  # the uploader's key is this and its generation: upload_0, upload_1...
 UPLOAD_GENERATION = "upload_generation"
+URL_KEY = "url"
+LAST_URL = "url_last_committed"
+PASTED = "url_pasted"
+LAST_PHOTO = "camera_last_photo"
+# A URL that grows by this many characters between two commits of the field (each after a
+# 250 ms pause) was pasted, not typed: it is classified at once.
+PASTE_MIN_CHARS = 12
+THUMBNAIL_PX = 150  # two examples a row on a phone, four on a desktop
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,9 @@ class Query:
     filename: str = "image"
     content_type: str = "application/octet-stream"
     from_upload: bool = False  # the uploader holds the file until the page is drawn again
+    # What the page's link keeps of it: {"url": ...}, {"example": key}, or {} (an upload).
+    link: dict[str, str] = field(default_factory=dict)
+    source: str = ""  # names this input: a result is stale once the input is another
 
     def shown(self) -> str | bytes | None:
         """What the page shows and keeps of it: the URL, or a small preview (frontend.preview)."""
@@ -40,12 +54,43 @@ class Query:
         )
 
 
+def url_query(text: str | None) -> Query:
+    url = check_image_url(text)
+    return Query(url, link={"url": url}, source=f"url:{url}")
+
+
+def example_query(key: str) -> Query:
+    example = by_key(key)
+    return Query(
+        example.read(),
+        f"{example.key}.jpg",
+        "image/jpeg",
+        link={"example": example.key},
+        source=f"example:{example.key}",
+    )
+
+
 def url_form() -> Query | None:
-    with st.form("url_form", border=False):
-        text = st.text_input("Image URL", key="url", placeholder="https://example.com/cat.jpg")
-        if st.form_submit_button("Classify", key="classify_url", type="primary"):
-            return Query(check_image_url(text))
+    # Committed after a pause in typing; a paste is classified without a click (_committed).
+    text = st.text_input(
+        "Image URL",
+        key=URL_KEY,
+        placeholder="Paste a link to a picture: https://example.com/cat.jpg",
+        live=True,
+        on_change=_committed,
+    )
+    clicked = st.button("Classify", key="classify_url", type="primary")
+    if st.session_state.pop(PASTED, False) or clicked:
+        return url_query(text)
     return None
+
+
+def _committed() -> None:
+    new = st.session_state.get(URL_KEY) or ""
+    old = st.session_state.get(LAST_URL, "")
+    st.session_state[LAST_URL] = new
+    if len(new.strip()) - len(old.strip()) >= PASTE_MIN_CHARS and "://" in new:
+        st.session_state[PASTED] = True
 
 
 def upload_form() -> Query | None:
@@ -53,13 +98,17 @@ def upload_form() -> Query | None:
     # drops the file's bytes (up to 10 MB per session), and the session keeps a preview only.
     generation = st.session_state.get(UPLOAD_GENERATION, 0)
     upload = st.file_uploader(
-        "Image file", type=list(UPLOAD_TYPES), key=f"{UPLOAD_KEY}_{generation}"
+        "Image file: drop it here, or browse (on a phone: your photos or the camera)",
+        type=list(UPLOAD_TYPES),
+        key=f"{UPLOAD_KEY}_{generation}",
     )
-    if st.button("Classify upload", key="classify_upload", disabled=upload is None):
-        query = Query(check_upload(upload.getvalue()), upload.name, upload.type, from_upload=True)
-        st.session_state[UPLOAD_GENERATION] = generation + 1
-        return query
-    return None
+    st.caption("Uploads are classified at once, and are not part of the page's link.")
+    if upload is None:
+        return None
+    # Chosen: classified at once, no second tap.
+    st.session_state[UPLOAD_GENERATION] = generation + 1
+    data = check_upload(upload.getvalue())
+    return Query(data, upload.name, upload.type, from_upload=True, source=f"upload:{generation}")
 
 
 def camera_form() -> Query | None:
@@ -68,20 +117,25 @@ def camera_form() -> Query | None:
         st.caption("Your browser will ask to use the camera. The photo goes to the backend only.")
         return None
     photo = st.camera_input("Take a photo", key="camera")
-    if st.button("Classify photo", key="classify_camera", disabled=photo is None):
-        return Query(check_upload(photo.getvalue()), "camera.jpg", photo.type)
-    return None
+    if photo is None:
+        return None
+    # A photo taken is classified at once, once: the widget keeps it across reruns.
+    data = check_upload(photo.getvalue())
+    source = f"camera:{hashlib.sha256(data).hexdigest()[:16]}"
+    if st.session_state.get(LAST_PHOTO) == source:
+        return None
+    st.session_state[LAST_PHOTO] = source
+    return Query(data, "camera.jpg", photo.type, source=source)
 
 
 def examples_form() -> Query | None:
-    st.caption("Public domain and CC0 photos that ship with this page: one click classifies one.")
+    st.caption("Public domain and CC0 photos that ship with this page: one tap classifies one.")
     asked = None
-    # Aligned at the bottom: photos of other shapes still leave the buttons in one row.
-    columns = st.columns(len(EXAMPLES), vertical_alignment="bottom")
-    for column, example in zip(columns, EXAMPLES, strict=True):
-        with column:
-            data = example.read()
-            st.image(data, width="stretch")
-            if st.button(example.title, key=f"example_{example.key}", width="stretch"):
-                asked = Query(data, f"{example.key}.jpg", "image/jpeg")
+    # A row that wraps: two thumbnails a row on a phone, all four on a desktop.
+    with st.container(horizontal=True, key="gallery"):
+        for example in EXAMPLES:
+            with st.container(width=THUMBNAIL_PX, key=f"thumb_{example.key}"):
+                st.image(example.read(), width="stretch", alt=example.title)
+                if st.button(example.title, key=f"example_{example.key}", width="stretch"):
+                    asked = example_query(example.key)
     return asked

@@ -41,9 +41,8 @@ def classify_url(at: AppTest, url: str) -> AppTest:
 def classify_upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
     # The uploader comes back under a new key after each upload it sent (frontend.sources).
     generation = at.session_state.get("upload_generation", 0)
-    at.file_uploader(key=f"upload_{generation}").set_value((name, data, mime))
-    at.run()
-    return at.button(key="classify_upload").click().run()
+    # Chosen is sent: no second tap.
+    return at.file_uploader(key=f"upload_{generation}").set_value((name, data, mime)).run()
 
 
 def classify_example(at: AppTest, key: str) -> AppTest:
@@ -54,9 +53,8 @@ def classify_example(at: AppTest, key: str) -> AppTest:
 def take_photo(at: AppTest, data: bytes) -> AppTest:
     """Turn the camera on, take a photo (these bytes) and classify it."""
     at.toggle(key="camera_on").set_value(True).run()
-    at.camera_input(key="camera").set_value(("photo.jpg", data, "image/jpeg"))
-    at.run()
-    return at.button(key="classify_camera").click().run()
+    # Taken is sent: no second tap.
+    return at.camera_input(key="camera").set_value(("photo.jpg", data, "image/jpeg")).run()
 
 
 def compare_all(at: AppTest) -> AppTest:
@@ -111,3 +109,8 @@ def shown_images(at: AppTest) -> list:
     Not the example photos' thumbnails: those are inside the input tabs."""
     thumbnails = {id(image) for tab in at.tabs for image in tab.get("image")}
     return [image.value for image in at.get("image") if id(image) not in thumbnails]
+
+
+def details(at: AppTest) -> list[str]:
+    """The technical text folded into the page's "Details" expanders."""
+    return [code.value for expander in at.expander for code in expander.get("code")]

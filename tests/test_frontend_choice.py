@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import streamlit as st
 
-from tests.frontend_page import classify_url, open_page, reset_page, shown_model, texts
+from tests.frontend_page import classify_url, details, open_page, reset_page, shown_model, texts
 from tests.frontend_servers import Reply, ScriptedServer, error_reply, json_reply
 from tests.test_frontend_page import IMAGE_URL, PREDICTION
 
@@ -72,7 +72,8 @@ def test_without_any_model_list_the_page_says_so_and_sends_nothing(monkeypatch):
         monkeypatch.setenv("SERVING_URL", server.url)
         at = open_page()
         assert not at.exception
-        assert any("still loading swin_b" in e for e in texts(at.error))
+        assert any("models are still loading" in e for e in texts(at.error))
+        assert any("still loading swin_b" in d for d in details(at))
         assert any("Nothing can be classified" in i for i in texts(at.info))
         assert not at.text_input and not at.button  # nothing to send, no guessed model
 

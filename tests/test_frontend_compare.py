@@ -10,6 +10,7 @@ import pytest
 from frontend.client import BackendClient
 from frontend.compare import ask_all
 from frontend.examples import EXAMPLES
+from frontend.present import UNTRAINED_SHORT
 from tests.frontend_page import (
     card,
     chart_rows,
@@ -17,11 +18,13 @@ from tests.frontend_page import (
     classify_url,
     compare_all,
     compare_rows,
+    details,
     open_page,
     reset_page,
     shown_images,
     shown_model,
     take_photo,
+    texts,
 )
 from tests.frontend_servers import JPEG, Reply, ScriptedServer, error_reply, json_reply
 from tests.test_frontend_page import IMAGE_URL
@@ -139,8 +142,10 @@ def test_a_failing_model_shows_its_own_error_and_the_others_their_answers(monkey
         at = classify_url(compare_all(open_page()), IMAGE_URL)
     assert not at.exception
     assert card(at, "swin_b")["error"] == [
-        "The backend failed (HTTP 500): swin_b's forward pass failed"
+        "Something went wrong on the classifier's side. Try again in a moment."
     ]
+    assert details(at) == ["HTTP 500, code internal: The backend failed (HTTP 500): "
+                           "swin_b's forward pass failed"]  # fmt: skip
     assert card(at, "resnet152")["error"] == [] and card(at, "vgg16")["error"] == []
     assert card(at, "vgg16")["markdown"][1].startswith("1. **tiger cat** 50.0%")
     assert {model for model, _, _ in compare_rows(at)} == {"resnet152", "vgg16"}
@@ -151,8 +156,22 @@ def test_a_slow_model_times_out_on_its_own(monkeypatch):
         monkeypatch.setenv("SERVING_URL", server.url)
         monkeypatch.setenv("BACKEND_TIMEOUT_S", "0.5")
         at = classify_url(compare_all(open_page()), IMAGE_URL)
-    assert any("did not answer within 0.5 s" in e for e in card(at, "vgg16")["error"])
+    assert any("took too long" in e for e in card(at, "vgg16")["error"])
+    assert any("did not answer within 0.5 s" in d for d in details(at))
     assert card(at, "swin_b")["error"] == []
+
+
+def test_one_cause_every_model_shares_is_said_once(monkeypatch):
+    message = "the image URL answered 404"
+    bad = error_reply(502, "upstream_error", message)
+    with backend(**dict.fromkeys(MODELS, bad)) as server:
+        monkeypatch.setenv("SERVING_URL", server.url)
+        at = classify_url(compare_all(open_page()), IMAGE_URL)
+    assert not at.exception
+    (error,) = texts(at.error)  # not one per model
+    assert "could not be downloaded from that link" in error
+    assert details(at) == [f"HTTP 502, code upstream_error: {message}"]
+    assert all(card(at, m)["caption"] == ["No answer: see above."] for m in MODELS)
 
 
 def test_the_comparison_stays_on_rerun_without_asking_again(monkeypatch):
@@ -169,7 +188,7 @@ def test_untrained_answers_are_labelled_in_their_cards(monkeypatch):
     with backend(vgg16=untrained) as server:
         monkeypatch.setenv("SERVING_URL", server.url)
         at = classify_url(compare_all(open_page()), IMAGE_URL)
-    assert card(at, "vgg16")["warning"] == ["Untrained demo weights: a random answer."]
+    assert card(at, "vgg16")["warning"] == [UNTRAINED_SHORT]
     assert card(at, "resnet152")["warning"] == []
 
 

@@ -14,6 +14,7 @@ from tests.frontend_page import (
     classify_url,
     compare_all,
     compare_rows,
+    details,
     open_page,
     reset_page,
     shown_model,
@@ -128,7 +129,10 @@ def test_the_backends_own_4xx_message_is_shown(backend_server, images, monkeypat
     assert 400 <= direct.status_code < 500
     at = classify_url(open_page(), bad_url)
     assert not at.exception
-    assert texts(at.error) == [direct.json()["error"]["message"]]
+    error = direct.json()["error"]
+    (shown,) = texts(at.error)
+    assert shown.startswith("That file is not a picture") and error["message"] not in shown
+    assert details(at) == [f"HTTP {direct.status_code}, code {error['code']}: {error['message']}"]
     assert shown_model(at) is None
 
 
