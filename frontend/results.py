@@ -192,13 +192,20 @@ def _card(answer: ModelAnswer) -> None:
         st.warning(present.UNTRAINED_SHORT)
 
 
+# Scrolls to the answer only when its first lines (the top class) are not on screen already:
+# a desktop keeps its title and picker in view, a phone moves to the answer.
+_SCROLL_SCRIPT = """<script>
+const area = document.querySelector('.st-key-answer');
+const top = document.querySelector('.st-key-top_answer') || area;
+if (area && top) {
+  const box = top.getBoundingClientRect();
+  if (box.top < 0 || box.bottom > window.innerHeight) {
+    area.scrollIntoView({block: 'start', behavior: 'smooth'});
+  }
+}
+</script>"""
+
+
 def scroll_into_view() -> None:
-    """Scrolls the page to the top of the answer."""
-    st.html(
-        "<script>"
-        "const answer = window.parent.document.querySelector('.st-key-answer')"
-        " || document.querySelector('.st-key-answer');"
-        "if (answer) answer.scrollIntoView({block: 'start', behavior: 'smooth'});"
-        "</script>",
-        unsafe_allow_javascript=True,
-    )
+    """Scrolls the page to the answer (st.html runs the script in the page itself)."""
+    st.html(_SCROLL_SCRIPT, unsafe_allow_javascript=True)
