@@ -99,6 +99,8 @@ def explain(error: BackendError) -> Plain:
         words = NOT_READY
     elif isinstance(error, BackendUnavailable):
         words = UNREACHABLE
+    elif status in (404, 405):  # no such route: the page's address or the backend is wrong
+        words = BROKEN
     elif status is not None and 400 <= status < 500:
         words = REFUSED
     else:
