@@ -51,7 +51,7 @@ def stand_in(models: dict = MODELS) -> ScriptedServer:
 def new_page(browser, screen: Screen):
     context = browser.new_context(
         viewport={"width": screen.width, "height": screen.height},
-        device_scale_factor=2 if screen.mobile else 1,
+        device_scale_factor=1,  # small screenshots in git
         is_mobile=screen.mobile,
         has_touch=screen.mobile,
     )

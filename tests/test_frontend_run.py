@@ -162,18 +162,25 @@ def test_offline_it_starts_both_with_labelled_demo_weights_and_ctrl_c_stops_both
     ports = ("--backend-port", str(backend_port), "--frontend-port", str(frontend_port))
     # A mirror nobody answers: the download fails here as it would with no network.
     env = {"MODELS": "resnet18", "WEIGHTS_MIRROR": closed_port_url()}
-    for attempt in ("first", "second"):
+    for attempt in ("first", "second", "after a change"):
+        if attempt == "after a change":  # a weights file changed: the steps run again
+            next((tmp_path / "weights").rglob("*.pth")).touch()
         process, output = _start_run(tmp_path, *ports, env=env)
         with _stopped_by_ctrl_c(process, (backend_port, frontend_port), timeout=30):
             output.wait_for("Baked Vision is running", timeout=240)
+            print(f"{attempt} start:", output.text().split("(ready ")[1].split(")")[0])
             page_url = f"http://127.0.0.1:{frontend_port}"
             assert f"open {page_url}" in output.text()
-            assert "could not be downloaded" in output.text()
             assert "UNTRAINED demo weights" in output.text()
+            assert "the page answers after" in output.text()
             if attempt == "first":
+                assert "could not be downloaded" in output.text()
                 assert "exporting resnet18" in output.text() and "verified against" in output.text()
-            else:  # the bundle of the first run is verified and kept: nothing is exported
-                assert "exporting" not in output.text()
+            elif attempt == "second":  # nothing changed: no install, no download, no bake
+                assert "unchanged since the last run" in output.text()
+                assert "compiling" not in output.text() and "installing" not in output.text()
+            else:  # the bundle is checked against the weights again, and kept
+                assert "unchanged since the last run" not in output.text()
                 assert "resnet18 (1/1): bundle present, verified" in output.text()
             backend = f"http://127.0.0.1:{backend_port}"
             assert requests.get(f"{backend}/models/resnet18", timeout=5).json()["untrained"] is True
