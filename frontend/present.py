@@ -155,7 +155,8 @@ def compare_chart(frame: pd.DataFrame, models: list[str]) -> alt.Chart:
     text = bars.mark_text(align="left", dx=3, fontSize=10).encode(
         text=alt.Text("probability:Q", format=".0%"), color=alt.value("#444")
     )
-    return bars + text
+    # Room at the edges: the longest label and the last value are not clipped.
+    return (bars + text).properties(padding={"left": 12, "right": 28, "top": 4, "bottom": 4})
 
 
 def compare_height(frame: pd.DataFrame) -> int:

@@ -28,7 +28,14 @@ CAT = [
     ("lynx", 0.031),
     ("Persian cat", 0.004),
 ]
-MODELS = {"resnet152": CAT, "vgg16": [CAT[1], CAT[0], CAT[3], CAT[2], ("cougar", 0.01)]}
+VGG16 = [
+    ("tiger cat", 0.48),
+    ("tabby", 0.31),
+    ("lynx", 0.09),
+    ("Egyptian cat", 0.05),
+    ("cougar", 0.01),
+]
+MODELS = {"resnet152": CAT, "vgg16": VGG16}
 META = {"architecture": "resnet152", "parameters": 60192808, "imagenet_acc1": 82.284}
 
 

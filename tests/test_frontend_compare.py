@@ -277,3 +277,21 @@ def test_the_url_is_still_sent_as_a_url(monkeypatch):
         classify_url(open_page(), IMAGE_URL)
         (sent,) = [r for r in server.requests if r.method == "POST"]
     assert json.loads(sent.body) == {"url": IMAGE_URL, "top_k": 5}
+
+
+def test_each_model_keeps_its_colour_and_the_legend_follows_the_bars():
+    from frontend import present
+    from frontend.client import _prediction
+
+    def spec(answered: list[str]) -> dict:
+        frame = present.compare_frame({m: _prediction(ANSWERS[m]) for m in answered})
+        return present.compare_chart(frame, MODELS).to_dict()["layer"][0]["encoding"]
+
+    every, some = spec(MODELS), spec(["swin_b"])  # resnet152 and vgg16 failed in the second
+    for encoding in (every, some):
+        # Colours by the served models' order, not by who answered: swin_b is green in both.
+        assert encoding["color"]["scale"]["domain"] == MODELS
+        assert encoding["color"]["sort"] == MODELS == encoding["yOffset"]["sort"]
+        assert encoding["color"]["legend"]["orient"] == "top"  # above, never cut at the side
+    assert every["color"]["scale"]["range"] == some["color"]["scale"]["range"]
+    assert len(set(every["color"]["scale"]["range"])) == len(MODELS)
