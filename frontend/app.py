@@ -28,6 +28,13 @@ from frontend.results import (
 )
 
 OUTCOME = "outcome"
+TAB = "inputs"  # the open tab's name, in the session
+TABS = {
+    "Examples": sources.examples_form,
+    "Image URL": sources.url_form,
+    "Upload": sources.upload_form,
+    "Camera": sources.camera_form,
+}
 STYLE = Path(__file__).with_name("page.css")
 
 
@@ -51,11 +58,16 @@ def make_client(config: FrontendConfig) -> BackendClient:
 
 
 def ask_for_an_image() -> sources.Query | None:
-    """The ways in, as tabs; the query the user just sent, if any."""
-    tabs = st.tabs(["Examples", "Image URL", "Upload", "Camera"], key="inputs")
-    forms = (sources.examples_form, sources.url_form, sources.upload_form, sources.camera_form)
+    """The ways in, as tabs; the query the user just sent, if any.
+
+    Only the open tab is drawn (Streamlit's lazy tabs): the camera starts when its tab is
+    tapped, one tap away, and the browser asks for it then, not on every visit.
+    """
+    tabs = st.tabs(list(TABS), key=TAB, on_change="rerun")
     query = None
-    for tab, form in zip(tabs, forms, strict=True):
+    for tab, form in zip(tabs, TABS.values(), strict=True):
+        if not tab.open:
+            continue
         with tab:
             try:
                 query = form() or query

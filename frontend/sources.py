@@ -112,10 +112,8 @@ def upload_form() -> Query | None:
 
 
 def camera_form() -> Query | None:
-    # The browser asks for the camera only once the user turns it on, not on every visit.
-    if not st.toggle("Turn on the camera", key="camera_on"):
-        st.caption("Your browser will ask to use the camera. The photo goes to the backend only.")
-        return None
+    # Drawn only while its tab is open (frontend/app.py): the browser asks for the camera then.
+    st.caption("Your browser asks to use the camera. The photo goes to the classifier only.")
     photo = st.camera_input("Take a photo", key="camera")
     if photo is None:
         return None

@@ -33,12 +33,22 @@ def open_page() -> AppTest:
     return AppTest.from_file(APP, default_timeout=60).run()
 
 
+def open_tab(at: AppTest, name: str) -> AppTest:
+    """Tap the input tab `name`: only the open tab is drawn."""
+    if at.session_state["inputs"] != name:
+        at.session_state["inputs"] = name
+        at.run()
+    return at
+
+
 def classify_url(at: AppTest, url: str) -> AppTest:
+    open_tab(at, "Image URL")
     at.text_input(key="url").input(url)
     return at.button(key="classify_url").click().run()
 
 
 def classify_upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
+    open_tab(at, "Upload")
     # The uploader comes back under a new key after each upload it sent (frontend.sources).
     generation = at.session_state.get("upload_generation", 0)
     # Chosen is sent: no second tap.
@@ -47,12 +57,13 @@ def classify_upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
 
 def classify_example(at: AppTest, key: str) -> AppTest:
     """One click on an example photo's button (`chelsea`, `coffee`, ...)."""
+    open_tab(at, "Examples")
     return at.button(key=f"example_{key}").click().run()
 
 
 def take_photo(at: AppTest, data: bytes) -> AppTest:
-    """Turn the camera on, take a photo (these bytes) and classify it."""
-    at.toggle(key="camera_on").set_value(True).run()
+    """Open the camera's tab, take a photo (these bytes): it is classified."""
+    open_tab(at, "Camera")
     # Taken is sent: no second tap.
     return at.camera_input(key="camera").set_value(("photo.jpg", data, "image/jpeg")).run()
 
