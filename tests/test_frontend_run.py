@@ -168,7 +168,8 @@ def test_offline_it_starts_both_with_labelled_demo_weights_and_ctrl_c_stops_both
         process, output = _start_run(tmp_path, *ports, env=env)
         with _stopped_by_ctrl_c(process, (backend_port, frontend_port), timeout=30):
             output.wait_for("Baked Vision is running", timeout=240)
-            print(f"{attempt} start:", output.text().split("(ready ")[1].split(")")[0])
+            ready = [line for line in output.lines if "is ready after" in line]
+            print(f"{attempt} start:", *ready)
             page_url = f"http://127.0.0.1:{frontend_port}"
             assert f"open {page_url}" in output.text()
             assert "UNTRAINED demo weights" in output.text()
