@@ -147,6 +147,50 @@ def test_sigterm_lets_the_request_in_flight_finish(bundles_dir, tmp_path):
             backend.stop()
 
 
+def test_sigterm_with_downloads_in_flight_answers_every_one_before_exiting(bundles_dir, tmp_path):
+    """8 image URLs whose server takes longer than the graceful stop leaves: each request gets
+    a JSON 503 `shutting_down` with Retry-After (retry elsewhere), none a cut connection."""
+    with upstream_server() as upstream:
+
+        def slower_than_the_stop(request):
+            if upstream.stopping.wait(9.5):
+                return
+            request.send_response(200)
+            request.send_header("Content-Type", "image/png")
+            request.send_header("Content-Length", str(len(PNG_BYTES)))
+            request.end_headers()
+            request.wfile.write(PNG_BYTES)
+
+        upstream.add_route("/late.png", slower_than_the_stop)
+        backend = start_backend(
+            bundles_dir,
+            tmp_path / "log.txt",
+            MODELS="resnet18",
+            URL_ALLOW_LOOPBACK="1",
+            URL_ALLOWED_PORTS=str(upstream.port),
+        )
+        try:
+            backend.wait_ready()
+            url = {"url": upstream.url("/late.png")}
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                calls = [
+                    pool.submit(requests.post, f"{backend.url}/predict", json=url, timeout=30)
+                    for _ in range(8)
+                ]
+                while sum(r.path == "/late.png" for r in upstream.requests) < 8:
+                    time.sleep(0.02)  # every download has begun
+                backend.process.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
+                answers = [call.result() for call in calls]
+            _stopped_cleanly(backend, sent)
+        finally:
+            backend.stop()
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "shutting_down"
+        assert int(answer.headers["Retry-After"]) >= 1
+
+
 # What only the build may import: the serving process runs ONNX Runtime on bundles.
 BUILD_ONLY = {"torch", "torchvision", "onnx", "onnxscript", "huggingface_hub", "safetensors"}
 BUILD_ONLY_PACKAGES = {"weights", "bake"}  # ours; they import the above

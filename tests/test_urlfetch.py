@@ -22,11 +22,13 @@ import pytest
 from backend.errors import (
     BadRequest,
     PayloadTooLarge,
+    ShuttingDown,
     UnsupportedMedia,
     UpstreamError,
     UpstreamTimeout,
     UrlNotAllowed,
 )
+from backend.stopping import ANSWER_MARGIN_S, StopSignal
 from backend.urlfetch import FetchPolicy, fetch_url
 from runtime.timing import TIMING
 from tests.upstream import (
@@ -577,6 +579,20 @@ def test_slow_drip_body_times_out_at_the_total_deadline(upstream: Upstream) -> N
         fetch_url(upstream.url("/drip"), loopback_policy(upstream, total_timeout_s=1.2))
     assert caught.value.status == 504
     assert 1.1 < time.monotonic() - started < 2.0
+
+
+@hangs_if_broken
+def test_a_download_at_the_stop_ends_by_the_stops_answer_by_with_503(upstream: Upstream) -> None:
+    """SIGTERM while an image downloads: the download ends early enough to be answered within
+    the graceful stop, as 503 `shutting_down` with Retry-After, not 504 at its own deadline."""
+    stop = StopSignal()
+    policy = loopback_policy(upstream, total_timeout_s=5.0, stop_signal=stop)
+    threading.Timer(0.3, stop.stop, kwargs={"graceful_s": ANSWER_MARGIN_S + 0.4}).start()
+    started = time.monotonic()
+    with pytest.raises(ShuttingDown) as caught:
+        fetch_url(upstream.url("/drip"), policy)
+    assert 0.6 < time.monotonic() - started < 1.5
+    assert caught.value.status == 503 and caught.value.retry_after_s >= 1
 
 
 @hangs_if_broken
