@@ -90,6 +90,7 @@ _BLOCKED_NAME_SUFFIXES = (".internal", ".local", ".localhost")
 _HOSTNAME = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
 # WHATWG "ends in a number": such a host is an IPv4 address in some spelling, never a DNS name.
 _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 _MEDIA_TYPE = re.compile(r"[\w.+-]{1,50}/[\w.+-]{1,50}")
 
 
@@ -420,9 +421,12 @@ def _read_image(
         raise UnsupportedMedia(f"the URL does not point to an image{shown}")
     declared = response.headers.get("Content-Length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        # ASCII digits only (str.isdigit() takes "¹²", which int() refuses), and compared
+        # without int() when long: int() of more than 4,300 digits raises.
+        digits = declared.strip().lstrip("0") or "0"
+        if not _ASCII_DIGITS.fullmatch(digits):
             raise UpstreamError("the image server sent a malformed Content-Length")
-        if int(declared) > policy.max_bytes:
+        if len(digits) > len(str(policy.max_bytes)) or int(digits) > policy.max_bytes:
             raise PayloadTooLarge(f"the image is larger than {policy.max_bytes:,} bytes")
     data = _read_capped(response.raw, policy.max_bytes, deadline)
     if not data:
@@ -438,11 +442,12 @@ def _read_capped(raw: urllib3.HTTPResponse, max_bytes: int, deadline: _Deadline)
             body += chunk
             if len(body) > max_bytes:
                 raise PayloadTooLarge(f"the image is larger than {max_bytes:,} bytes")
-    except (urllib3.exceptions.HTTPError, HTTPException, OSError) as exc:
+    except (urllib3.exceptions.HTTPError, HTTPException, OSError, ValueError) as exc:
+        # ValueError: a chunk size int() reads but HTTP forbids (negative, "1_0").
         if deadline.expired or isinstance(exc, ReadTimeoutError):
             raise UpstreamTimeout("the image download took too long") from exc
-        # urllib3 checks Content-Length: a body cut short lands here.
-        raise UpstreamError("the image download broke off") from exc
+        # urllib3 checks Content-Length and chunk sizes: a body cut short lands here.
+        raise UpstreamError("the image download broke off or is malformed") from exc
     if deadline.expired:  # a shut-down socket can also look like a clean end of body
         raise UpstreamTimeout("the image download took too long")
     return bytes(body)
