@@ -40,10 +40,12 @@ log = logging.getLogger("backend.server")
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 _READ_SIZE = 64 * 1024
+_MAX_TARGET_BYTES = 8 * 1024  # the path and query: ours are short; 8 KB as most servers
 _REASONS = {
     400: ("bad_request", "the request is not valid HTTP/1.1"),
     408: ("request_timeout", "the request was not received in time; send it again, faster"),
     413: ("payload_too_large", "the request body is over the limit"),
+    414: ("uri_too_long", "the URL is too long"),
     431: ("headers_too_large", "the request line or headers are too large"),
     500: ("internal_error", "the server failed; try again"),
     501: ("not_implemented", "this Transfer-Encoding is not supported; send the body as is"),
@@ -183,7 +185,7 @@ class FrontServer:
         deadline = loop.time() + self.limits.keepalive_s  # for the first byte
         request = None
         while request is None:
-            event = conn.next_event()
+            event = _next_event(conn)
             if event is h11.NEED_DATA:
                 idle = self._connections[task] == "idle"
                 late = _Closed() if idle else _Refusal(408, "the request headers came too slowly")
@@ -201,7 +203,7 @@ class FrontServer:
                 raise _Closed
             else:  # pragma: no cover - h11 gives a Request first on a server connection
                 raise _Refusal(400)
-        self._check_declared_length(request)
+        self._check_head(request)
         if conn.they_are_waiting_for_100_continue:
             writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         body = bytearray()
@@ -209,7 +211,7 @@ class FrontServer:
         reserved = 0
         try:
             while True:
-                event = conn.next_event()
+                event = _next_event(conn)
                 if event is h11.NEED_DATA:
                     late = _Refusal(408, "the request body came too slowly")
                     data = await self._receive(reader, deadline, late)
@@ -235,10 +237,20 @@ class FrontServer:
         except TimeoutError:
             raise on_timeout from None
 
-    def _check_declared_length(self, request: h11.Request) -> None:
+    def _check_head(self, request: h11.Request) -> None:
+        """Refuse what h11 lets through: it bounds only a head that arrives in pieces."""
+        if request.http_version not in (b"1.0", b"1.1"):
+            raise _Refusal(400, "this server speaks HTTP/1.1 only")
+        if len(request.target) > _MAX_TARGET_BYTES:
+            raise _Refusal(414, f"the URL is over {_MAX_TARGET_BYTES:,} bytes")
+        head = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+        if head > self.limits.max_header_bytes:
+            raise _Refusal(431, f"the headers are over {self.limits.max_header_bytes:,} bytes")
         for name, value in request.headers:
             # h11 has checked the value is ASCII digits; a huge one is refused before reading.
-            if name == b"content-length" and int(value) > self.limits.max_body_bytes:
+            if name == b"content-length" and (
+                len(value) > 18 or int(value) > self.limits.max_body_bytes
+            ):
                 raise _Refusal(413, self._too_large_message())
 
     def _too_large_message(self) -> str:
@@ -302,6 +314,17 @@ class FrontServer:
             writer.write(conn.send(h11.EndOfMessage()))
             async with asyncio.timeout(1):
                 await writer.drain()
+
+
+def _next_event(conn: h11.Connection):
+    """h11's next event; a request it refuses becomes the answer it suggests (400, 431, 501)."""
+    try:
+        return conn.next_event()
+    except h11.RemoteProtocolError as exc:
+        status = exc.error_status_hint if exc.error_status_hint in _REASONS else 400
+        raise _Refusal(status, f"{_REASONS[status][1]}: {str(exc)[:200]}") from None
+    except ValueError:  # a Content-Length of thousands of digits: int() refuses it
+        raise _Refusal(400, "the Content-Length is not a number HTTP allows") from None
 
 
 def _error_answer(refusal: _Refusal) -> tuple[int, list, bytes]:
