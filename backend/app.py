@@ -20,6 +20,7 @@ from backend.registry import WORKER_BOOT_ERROR, ModelRegistry
 from backend.routes import api
 from backend.services import Services, services
 from backend.settings import Settings, SettingsError
+from backend.stopping import StopSignal
 from backend.urlfetch import FetchPolicy
 from runtime.bundle import BundleError
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
 
     models = ModelRegistry(settings)  # raises BundleError: the process refuses to start
+    stop_signal = StopSignal()
     Services(
         settings=settings,
         models=models,
@@ -45,9 +47,13 @@ def create_app(settings: Settings | None = None) -> Flask:
             connect_timeout_s=settings.url_connect_timeout_s,
             total_timeout_s=settings.url_total_timeout_s,
             max_bytes=settings.max_image_bytes,
+            stop_signal=stop_signal,
         ),
         image_policy=ImagePolicy(max_pixels=settings.max_image_pixels),
-        pixel_budget=PixelBudget(settings.decode_budget_pixels, settings.decode_wait_s),
+        pixel_budget=PixelBudget(
+            settings.decode_budget_pixels, settings.decode_wait_s, stop_signal=stop_signal
+        ),
+        stop_signal=stop_signal,
     ).install(app)
     models.start()
 

@@ -8,7 +8,8 @@ reserves the pixels it is about to decode from one budget per process, and gives
 its model input is made (a few hundred KB, however large the image was). A request whose pixels
 do not fit waits, in arrival order, for earlier ones to finish; after `wait_s` it is answered
 503 with Retry-After (the instance is busy, not broken). An image larger than the whole budget
-still runs, alone.
+still runs, alone. When the process stops (SIGTERM), a wait ends by the stop's `answer_by`
+(backend/stopping.py) with a 503 `shutting_down`, so the request is answered, not cut off.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from backend.errors import Busy
+from backend.stopping import StopSignal, shutting_down
 
 
 class PixelBudget:
     """At most `pixels` decoded pixels held at once by the requests of this process."""
 
-    def __init__(self, pixels: int, wait_s: float) -> None:
+    def __init__(self, pixels: int, wait_s: float, stop_signal: StopSignal | None = None) -> None:
         if pixels < 1 or wait_s < 0:
             raise ValueError("the pixel budget must be positive and its wait not negative")
         self.pixels = pixels
@@ -33,6 +35,12 @@ class PixelBudget:
         self._free = pixels
         self._queue: deque[object] = deque()
         self._changed = threading.Condition()
+        self._stop_signal = stop_signal or StopSignal()
+        self._stop_signal.subscribe(lambda _: self._wake())
+
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()  # waiters recompute when their wait ends
 
     @property
     def free(self) -> int:
@@ -51,14 +59,19 @@ class PixelBudget:
     def _take(self, pixels: int) -> int:
         need = min(pixels, self.pixels)
         ticket = object()
+        own_deadline = time.monotonic() + self.wait_s
         with self._changed:
             self._queue.append(ticket)
             try:
                 # First come, first served: a large image is not overtaken forever by small ones.
-                admitted = self._changed.wait_for(
-                    lambda: self._queue[0] is ticket and self._free >= need, self.wait_s
-                )
+                while not (admitted := self._queue[0] is ticket and self._free >= need):
+                    ends = self._stop_signal.wait_ends(own_deadline)
+                    if time.monotonic() >= ends:
+                        break
+                    self._changed.wait(ends - time.monotonic())
                 if not admitted:
+                    if self._stop_signal.stopping and time.monotonic() < own_deadline:
+                        raise shutting_down()
                     raise Busy(
                         "the server is decoding as many large images as its memory allows; "
                         "retry in a few seconds",

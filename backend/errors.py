@@ -71,6 +71,12 @@ class Busy(ApiError):
         self.retry_after_s = retry_after_s
 
 
+class ShuttingDown(Busy):
+    """The process is stopping (SIGTERM) and cannot finish this request before it exits."""
+
+    code = "shutting_down"
+
+
 class UpstreamError(ApiError):
     status = 502
     code = "upstream_error"

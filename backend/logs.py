@@ -10,8 +10,13 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
+
+# X-Cloud-Trace-Context is TRACE_ID/SPAN_ID;o=OPTIONS: 32 hex digits, then a decimal up to 2**64.
+_TRACE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
+_SPAN_ID = re.compile(r"[0-9]{1,20}")
 
 request_context: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
     "request_context", default=None
@@ -69,7 +74,7 @@ def trace_fields(header: str | None, project: str | None) -> dict:
     if not header:
         return {}
     trace_id, _, rest = header.partition("/")
-    if not trace_id.isalnum() or len(trace_id) > 64:
+    if not _TRACE_ID.fullmatch(trace_id):
         return {}
     fields = {
         "logging.googleapis.com/trace": f"projects/{project}/traces/{trace_id}"
@@ -77,7 +82,8 @@ def trace_fields(header: str | None, project: str | None) -> dict:
         else trace_id
     }
     span = rest.split(";", 1)[0]
-    if span.isascii() and span.isdigit() and int(span) < 2**64:
+    # ASCII digits, at most 20 of them, before int(): int() of more than 4,300 digits raises.
+    if _SPAN_ID.fullmatch(span) and int(span) < 2**64:
         # The header carries the span as a decimal; Cloud Logging wants 16 hex digits.
         fields["logging.googleapis.com/spanId"] = f"{int(span):016x}"
     return fields

@@ -10,6 +10,7 @@ from backend.budget import PixelBudget
 from backend.imaging import ImagePolicy
 from backend.registry import ModelRegistry
 from backend.settings import Settings
+from backend.stopping import StopSignal
 from backend.urlfetch import FetchPolicy
 
 _EXTENSION = "baked_vision"
@@ -22,6 +23,7 @@ class Services:
     fetch_policy: FetchPolicy
     image_policy: ImagePolicy
     pixel_budget: PixelBudget
+    stop_signal: StopSignal  # set when the process stops (SIGTERM): waits end early
 
     def install(self, app: Flask) -> None:
         app.extensions[_EXTENSION] = self

@@ -59,7 +59,15 @@ class Settings:
     url_total_timeout_s: float = TIMING.fetch_s  # the whole download, redirects included
     graceful_timeout_s: int = TIMING.graceful_stop_s  # gunicorn takes whole seconds
     port: int = 8080
-    gunicorn_threads: int = 8
+    gunicorn_threads: int = 8  # request threads (backend/server.py), one request each
+    # What a client may take to send its request (backend/server.py). The event loop reads it,
+    # not a thread, so a slow client costs a socket and its bytes, never a request thread.
+    header_timeout_s: float = 10.0  # request line and headers, from their first byte
+    body_timeout_s: float = 60.0  # the body: a 10 MB upload at ~1.4 Mbit/s
+    max_header_bytes: int = 32 * 1024
+    # Bodies being received at once, all connections together: every request thread's next
+    # request at the request limit. Past it a request is answered 503 with Retry-After.
+    buffered_bytes_max: int = 8 * MAX_REQUEST_BYTES
     max_top_k: int = 20
     log_level: str = "INFO"
     google_cloud_project: str | None = None  # for Cloud Logging's trace field
@@ -110,6 +118,11 @@ class Settings:
             ),
             port=reader.integer("PORT", cls.port, minimum=1),
             gunicorn_threads=reader.integer("GUNICORN_THREADS", cls.gunicorn_threads, minimum=1),
+            header_timeout_s=reader.number("HEADER_TIMEOUT_S", cls.header_timeout_s),
+            body_timeout_s=reader.number("BODY_TIMEOUT_S", cls.body_timeout_s),
+            buffered_bytes_max=reader.integer(
+                "BUFFERED_BYTES_MAX", cls.buffered_bytes_max, minimum=MAX_REQUEST_BYTES
+            ),
             log_level=reader.text("LOG_LEVEL", "INFO").upper(),
             google_cloud_project=reader.text("GOOGLE_CLOUD_PROJECT", "") or None,
         )

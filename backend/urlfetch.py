@@ -55,6 +55,7 @@ from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.connection import allowed_gai_family
 
 from backend.errors import (
+    ApiError,
     BadRequest,
     PayloadTooLarge,
     UnsupportedMedia,
@@ -63,6 +64,7 @@ from backend.errors import (
     UrlNotAllowed,
 )
 from backend.imaging import is_image_content_type
+from backend.stopping import StopSignal, shutting_down
 from runtime.limits import MAX_IMAGE_BYTES
 from runtime.timing import TIMING
 
@@ -88,6 +90,7 @@ _BLOCKED_NAME_SUFFIXES = (".internal", ".local", ".localhost")
 _HOSTNAME = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
 # WHATWG "ends in a number": such a host is an IPv4 address in some spelling, never a DNS name.
 _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 _MEDIA_TYPE = re.compile(r"[\w.+-]{1,50}/[\w.+-]{1,50}")
 
 
@@ -106,6 +109,9 @@ class FetchPolicy:
     resolver: Resolver | None = None  # host, port -> addresses; None: the system resolver
     ca_bundle: str | None = None  # PEM file of trusted CAs; None: requests' default (certifi)
     user_agent: str = "baked-vision-fetch/1.0"
+    # The process's stop (SIGTERM): a download still running then ends by the stop's
+    # `answer_by` with a 503 `shutting_down`, instead of being cut off with no answer.
+    stop_signal: StopSignal | None = None
 
     def __post_init__(self) -> None:
         if not all(0 < port < 65536 for port in self.allowed_ports):
@@ -134,22 +140,31 @@ def fetch_url(url: object, policy: FetchPolicy) -> FetchedBody:
     """
     if not isinstance(url, str) or not url.strip():
         raise BadRequest("'url' must be a non-empty string")
-    current = url.strip()
-    with _Deadline(policy.total_timeout_s) as deadline:
-        for _ in range(policy.max_redirects + 1):
-            target = _check_url(current, policy, deadline)
-            response, adapter = _connect_and_send(target, policy, deadline)
-            try:
-                with contextlib.closing(response):
-                    location = _redirect_location(response)
-                    if location is None:
-                        return _read_image(response, target, policy, deadline)
-            finally:
-                adapter.close()
-            try:
-                current = urljoin(target.url, location)
-            except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-                raise _refuse("the image server redirects to a malformed URL") from exc
+    with _Deadline(policy.total_timeout_s, policy.stop_signal) as deadline:
+        try:
+            return _follow(url.strip(), policy, deadline)
+        except ApiError as exc:
+            if deadline.cut_by_stop and deadline.expired:
+                raise shutting_down() from exc
+            raise
+
+
+def _follow(current: str, policy: FetchPolicy, deadline: _Deadline) -> FetchedBody:
+    """Fetch `current`, following redirects, each hop checked like the first."""
+    for _ in range(policy.max_redirects + 1):
+        target = _check_url(current, policy, deadline)
+        response, adapter = _connect_and_send(target, policy, deadline)
+        try:
+            with contextlib.closing(response):
+                location = _redirect_location(response)
+                if location is None:
+                    return _read_image(response, target, policy, deadline)
+        finally:
+            adapter.close()
+        try:
+            current = urljoin(target.url, location)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise _refuse("the image server redirects to a malformed URL") from exc
     raise UrlNotAllowed(f"the URL redirects more than {policy.max_redirects} times")
 
 
@@ -406,9 +421,12 @@ def _read_image(
         raise UnsupportedMedia(f"the URL does not point to an image{shown}")
     declared = response.headers.get("Content-Length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        # ASCII digits only (str.isdigit() takes "¹²", which int() refuses), and compared
+        # without int() when long: int() of more than 4,300 digits raises.
+        digits = declared.strip().lstrip("0") or "0"
+        if not _ASCII_DIGITS.fullmatch(digits):
             raise UpstreamError("the image server sent a malformed Content-Length")
-        if int(declared) > policy.max_bytes:
+        if len(digits) > len(str(policy.max_bytes)) or int(digits) > policy.max_bytes:
             raise PayloadTooLarge(f"the image is larger than {policy.max_bytes:,} bytes")
     data = _read_capped(response.raw, policy.max_bytes, deadline)
     if not data:
@@ -424,11 +442,12 @@ def _read_capped(raw: urllib3.HTTPResponse, max_bytes: int, deadline: _Deadline)
             body += chunk
             if len(body) > max_bytes:
                 raise PayloadTooLarge(f"the image is larger than {max_bytes:,} bytes")
-    except (urllib3.exceptions.HTTPError, HTTPException, OSError) as exc:
+    except (urllib3.exceptions.HTTPError, HTTPException, OSError, ValueError) as exc:
+        # ValueError: a chunk size int() reads but HTTP forbids (negative, "1_0").
         if deadline.expired or isinstance(exc, ReadTimeoutError):
             raise UpstreamTimeout("the image download took too long") from exc
-        # urllib3 checks Content-Length: a body cut short lands here.
-        raise UpstreamError("the image download broke off") from exc
+        # urllib3 checks Content-Length and chunk sizes: a body cut short lands here.
+        raise UpstreamError("the image download broke off or is malformed") from exc
     if deadline.expired:  # a shut-down socket can also look like a clean end of body
         raise UpstreamTimeout("the image download took too long")
     return bytes(body)
@@ -441,22 +460,43 @@ class _Deadline:
     server paces its bytes. Connections register themselves through `_active_deadline`.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, stop_signal: StopSignal | None = None) -> None:
         self._ends_at = time.monotonic() + seconds
         self._expired = False
+        self.cut_by_stop = False  # the process's stop brought the deadline forward
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+        self._timer = self._timer_for(seconds)
+        self._stop_signal = stop_signal
+        self._unsubscribe: Callable[[], None] = lambda: None
+
+    def _timer_for(self, seconds: float) -> threading.Timer:
+        timer = threading.Timer(max(0.0, seconds), self._expire)
+        timer.daemon = True
+        return timer
 
     def __enter__(self) -> _Deadline:
         self._token = _active_deadline.set(self)
         self._timer.start()
+        if self._stop_signal is not None:
+            self._unsubscribe = self._stop_signal.subscribe(self._bring_forward)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
+        self._unsubscribe()
+        with self._lock:
+            self._timer.cancel()
         _active_deadline.reset(self._token)
+
+    def _bring_forward(self, ends_at: float) -> None:
+        """End at `ends_at` (time.monotonic) instead, if that is sooner: the process stops."""
+        with self._lock:
+            if self._expired or ends_at >= self._ends_at:
+                return
+            self._ends_at, self.cut_by_stop = ends_at, True
+            self._timer.cancel()
+            self._timer = self._timer_for(ends_at - time.monotonic())
+            self._timer.start()
 
     def remaining(self) -> float:
         return max(0.0, self._ends_at - time.monotonic())

@@ -133,8 +133,9 @@ class Launched:
                 self.process.wait()
 
     def worker_pid(self) -> int:
+        """The process that serves: gunicorn's worker, or our backend itself (no children)."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
-        return int(children.split()[0])
+        return int(children.split()[0]) if children.split() else self.process.pid
 
 
 def launch(command: list[str], env: dict[str, str], log_path: Path) -> Launched:
@@ -151,8 +152,10 @@ def launch(command: list[str], env: dict[str, str], log_path: Path) -> Launched:
 
 
 def gunicorn(app: str | None = None) -> list[str]:
-    command = [sys.executable, "-m", "gunicorn", "--config", "python:backend.gunicorn_conf"]
-    return [*command, app] if app else command
+    """Our backend as Cloud Run runs it; with `app`, that WSGI app under gunicorn instead."""
+    if app is None:
+        return [sys.executable, "-m", "backend"]
+    return [sys.executable, "-m", "gunicorn", "--config", "python:backend.gunicorn_conf", app]
 
 
 def poll_prediction(

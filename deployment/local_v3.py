@@ -124,7 +124,7 @@ def run_local_v3(
             backend_port = free_port()
             log = work_dir / f"backend-{model_id}.log"
             process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--config", "python:backend.gunicorn_conf"],
+                [sys.executable, "-m", "backend"],
                 cwd=ROOT,
                 env={**base_env, "MODELS": model_id, "PORT": str(backend_port)},
                 stdout=log.open("w"),

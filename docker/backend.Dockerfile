@@ -16,6 +16,6 @@ USER 10001:10001
 ENV PORT=8080
 EXPOSE 8080
 
-# Exec form: gunicorn is PID 1 and receives SIGTERM directly, so it can finish in-flight
-# requests within Cloud Run's 10 s grace period. The config module binds 0.0.0.0:$PORT.
-CMD ["gunicorn", "--config", "python:backend.gunicorn_conf"]
+# Exec form: the server is PID 1 and receives SIGTERM directly, so it answers the requests in
+# flight within Cloud Run's 10 s grace period (backend/__main__.py). It binds 0.0.0.0:$PORT.
+CMD ["python", "-m", "backend"]

@@ -1,4 +1,4 @@
-"""Run the real backend (gunicorn with the production config) as a process on 127.0.0.1."""
+"""Run the real backend (`python -m backend`, as the image does) as a process on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -70,13 +70,13 @@ def start_backend(
     log_path: Path,
     *,
     prefix: tuple[str, ...] = (),
-    config: str = "backend.gunicorn_conf",
+    module: str = "backend",
     **env: str,
 ) -> BackendProcess:
-    """Start gunicorn as Cloud Run would, with test-friendly overrides in `env`.
+    """Start the backend as Cloud Run would, with test-friendly overrides in `env`.
 
     `prefix` wraps the command, e.g. ("unshare", "-n") for a process with no network;
-    `config` is the gunicorn config module (a test's may add hooks to the production one).
+    `module` is what `python -m` runs (a test's may wrap the production one).
     """
     port = free_port()
     full_env = {
@@ -88,7 +88,7 @@ def start_backend(
     }
     with log_path.open("w") as log_file:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "gunicorn", "--config", f"python:{config}"],
+            [*prefix, sys.executable, "-m", module],
             cwd=ROOT,
             env=full_env,
             stdout=log_file,

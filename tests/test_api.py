@@ -217,6 +217,33 @@ def test_request_and_trace_ids_are_logged(client, capsys):
     assert entry["logging.googleapis.com/trace"].endswith("105445aa7843bc8bf206b12000100000")
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        "105445aa7843bc8bf206b12000100000/" + "9" * 5000 + ";o=1",  # int() refuses > 4,300 digits
+        "105445aa7843bc8bf206b12000100000/\u00b9\u00b2;o=1",  # superscript digits
+        "105445aa7843bc8bf206b12000100000/99999999999999999999999;o=1",  # over 2**64
+        "\u0661\u0662/1;o=1",  # Arabic-Indic digits: alphanumeric, not ASCII
+        "a" * 5000,
+        "/;o=1",
+    ],
+    ids=[
+        "5000-digit span",
+        "superscript span",
+        "span over 2**64",
+        "non-ASCII trace",
+        "long",
+        "empty",
+    ],
+)
+def test_odd_trace_headers_are_ignored_never_a_500(client, capsys, header):
+    response = client.get("/models", headers={"X-Cloud-Trace-Context": header})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    [entry] = [e for e in lines if e.get("event") == "request"]
+    assert "logging.googleapis.com/spanId" not in entry
+
+
 # --- requests -------------------------------------------------------------------------------
 
 

@@ -12,8 +12,9 @@ from PIL import Image
 
 from backend.app import create_app
 from backend.budget import PixelBudget
-from backend.errors import Busy
+from backend.errors import Busy, ShuttingDown
 from backend.settings import Settings
+from backend.stopping import ANSWER_MARGIN_S, StopSignal
 from runtime.settings import SessionSettings
 
 
@@ -54,6 +55,27 @@ def test_a_request_that_cannot_get_room_in_time_is_busy_with_retry_after():
             claim.reserve(1)
     assert refused.value.status == 503 and refused.value.retry_after_s >= 1
     assert budget.free == 100  # the refused claim holds nothing
+
+
+def test_a_wait_at_the_stop_ends_by_the_stops_answer_by_with_503_shutting_down():
+    """SIGTERM while a request waits for room: it is answered before the graceful stop ends
+    (its own 10 s wait would outlast it), as a 503 that says to retry elsewhere."""
+    stop = StopSignal()
+    budget = PixelBudget(100, wait_s=10, stop_signal=stop)
+    with budget.claim() as holder:
+        holder.reserve(100)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiter = pool.submit(lambda: budget.claim().__enter__().reserve(1))
+            time.sleep(0.2)
+            assert not waiter.done()
+            stopped = time.monotonic()
+            stop.stop(graceful_s=ANSWER_MARGIN_S + 0.3)  # waits end 0.3 s from now
+            with pytest.raises(ShuttingDown) as refused:
+                waiter.result(5)
+            ended = time.monotonic() - stopped
+    assert 0.2 < ended < 1.0, ended
+    assert refused.value.status == 503 and refused.value.code == "shutting_down"
+    assert refused.value.retry_after_s >= 1
 
 
 def test_an_image_larger_than_the_budget_still_runs_alone():

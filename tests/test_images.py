@@ -123,7 +123,7 @@ def test_code_image_is_thin_and_built_from_a_given_base(component):
     cmd = re.findall(r"^CMD (.+)$", text, flags=re.MULTILINE)
     assert len(cmd) == 1 and cmd[0].startswith("["), "exec-form CMD, so SIGTERM reaches the app"
     expected = {
-        "backend": '["gunicorn", "--config", "python:backend.gunicorn_conf"]',
+        "backend": '["python", "-m", "backend"]',
         "frontend": '["python", "-m", "frontend"]',
     }
     assert cmd[0] == expected[component]

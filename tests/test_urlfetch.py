@@ -22,11 +22,13 @@ import pytest
 from backend.errors import (
     BadRequest,
     PayloadTooLarge,
+    ShuttingDown,
     UnsupportedMedia,
     UpstreamError,
     UpstreamTimeout,
     UrlNotAllowed,
 )
+from backend.stopping import ANSWER_MARGIN_S, StopSignal
 from backend.urlfetch import FetchPolicy, fetch_url
 from runtime.timing import TIMING
 from tests.upstream import (
@@ -558,6 +560,48 @@ def test_endless_chunked_body_stops_at_the_cap(upstream: Upstream) -> None:
         fetch_url(upstream.url("/endless"), loopback_policy(upstream, max_bytes=1_000_000))
 
 
+ODD_FRAMING = {
+    "superscript Content-Length": ("Content-Length: \u00b9\u00b2", b"0123456789ab"),
+    "5,000-digit Content-Length": ("Content-Length: " + "9" * 5000, b"x"),
+    "negative Content-Length": ("Content-Length: -1", b"x"),
+    "negative chunk size": ("Transfer-Encoding: chunked", b"-5\r\nhello\r\n0\r\n\r\n"),
+    "superscript chunk size": ("Transfer-Encoding: chunked", "\u00b9\r\nh\r\n0\r\n\r\n"),
+    "5,000-digit chunk size": ("Transfer-Encoding: chunked", b"f" * 5000 + b"\r\nh\r\n"),
+    "chunk size with underscores": ("Transfer-Encoding: chunked", b"1_0\r\nh\r\n0\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_FRAMING))
+def test_odd_upstream_framing_is_a_client_visible_error_never_a_crash(
+    upstream: Upstream, case: str
+) -> None:
+    """Content-Length and chunk sizes that Python's int() reads (or chokes on) but HTTP does
+    not allow: a typed error (502/413), never an exception that would be a 500."""
+    header, body = ODD_FRAMING[case]
+    raw_body = body.encode("utf-8") if isinstance(body, str) else body
+
+    def odd(request: BaseHTTPRequestHandler) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n{header}\r\n\r\n"
+        request.wfile.write(head.encode("utf-8") + raw_body)
+        request.wfile.flush()
+        request.close_connection = True
+
+    upstream.add_route("/odd", odd)
+    with pytest.raises((UpstreamError, PayloadTooLarge)) as caught:
+        fetch_url(upstream.url("/odd"), loopback_policy(upstream, total_timeout_s=2.0))
+    assert caught.value.status in (413, 502)
+
+
+def test_a_content_length_with_5000_leading_zeros_is_read_as_the_number_it_is(upstream):
+    def padded(request: BaseHTTPRequestHandler) -> None:
+        head = "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: " + "0" * 4999
+        request.wfile.write(f"{head}1\r\n\r\nx".encode())
+        request.close_connection = True
+
+    upstream.add_route("/padded", padded)
+    assert fetch_url(upstream.url("/padded"), loopback_policy(upstream)).data == b"x"
+
+
 def test_body_shorter_than_its_content_length_is_an_upstream_error(upstream: Upstream) -> None:
     with pytest.raises(UpstreamError) as caught:
         fetch_url(upstream.url("/short"), loopback_policy(upstream))
@@ -577,6 +621,20 @@ def test_slow_drip_body_times_out_at_the_total_deadline(upstream: Upstream) -> N
         fetch_url(upstream.url("/drip"), loopback_policy(upstream, total_timeout_s=1.2))
     assert caught.value.status == 504
     assert 1.1 < time.monotonic() - started < 2.0
+
+
+@hangs_if_broken
+def test_a_download_at_the_stop_ends_by_the_stops_answer_by_with_503(upstream: Upstream) -> None:
+    """SIGTERM while an image downloads: the download ends early enough to be answered within
+    the graceful stop, as 503 `shutting_down` with Retry-After, not 504 at its own deadline."""
+    stop = StopSignal()
+    policy = loopback_policy(upstream, total_timeout_s=5.0, stop_signal=stop)
+    threading.Timer(0.3, stop.stop, kwargs={"graceful_s": ANSWER_MARGIN_S + 0.4}).start()
+    started = time.monotonic()
+    with pytest.raises(ShuttingDown) as caught:
+        fetch_url(upstream.url("/drip"), policy)
+    assert 0.6 < time.monotonic() - started < 1.5
+    assert caught.value.status == 503 and caught.value.retry_after_s >= 1
 
 
 @hangs_if_broken

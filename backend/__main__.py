@@ -1,0 +1,92 @@
+"""`python -m backend`: the serving process, as Cloud Run runs it (docker/backend.Dockerfile).
+
+Start and stop are one state machine, because Cloud Run stops instances at any moment, starting
+ones included (scale-in, deploys): SIGTERM while importing, reading settings or checking the
+bundles ends the process at once; while the models load (verify, open, warm up: a background
+thread, /ready says when it is done) or while serving, the server stops taking connections,
+the loader ends at its next step, and every request held is answered within the graceful stop
+(backend/server.py). Either way: one log line saying what was interrupted, exit status 0, well
+inside Cloud Run's 10 s. The process ends with `os._exit` once everything is answered and the
+logs are flushed: no interpreter teardown runs under ONNX Runtime's threads or a loader still
+opening a session.
+
+A wrong setting or a missing bundle: one clear log line, exit status 1.
+"""
+
+from __future__ import annotations
+
+import signal  # first: until the handler below is in place, SIGTERM kills the process outright
+
+_pending: list[str] = []  # a signal that came before `main` could act on it
+_armed = False
+
+
+class _Stopped(BaseException):
+    """SIGTERM (or SIGINT) arrived before the server listened: leave whatever is under way."""
+
+
+def _stop_now(signum: int, _frame) -> None:
+    name = signal.Signals(signum).name
+    if not _armed:
+        _pending.append(name)
+        return
+    raise _Stopped(name)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop_now)
+    signal.signal(signal.SIGINT, _stop_now)
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+from backend.logs import configure_logging  # noqa: E402
+
+log = logging.getLogger("backend")
+
+
+def main(before_exit: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM; `before_exit` runs last (tests list the modules loaded)."""
+    global _armed
+    signal.signal(signal.SIGTERM, _stop_now)
+    signal.signal(signal.SIGINT, _stop_now)
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO")
+    step, code = ["importing"], 0
+    refusals: tuple[type[Exception], ...] = ()  # none until the modules that raise them load
+    try:
+        _armed = True
+        if _pending:
+            raise _Stopped(_pending[0])
+        from backend.launch import REFUSALS, serve
+        from backend.settings import Settings
+
+        refusals = REFUSALS
+        step[0] = "reading settings"
+        settings = Settings.from_env()
+        step[0] = "checking the bundles"
+        code = serve(settings, step=lambda now: step.__setitem__(0, now))
+    except _Stopped as stopped:
+        log.info(
+            "stopped by %s while %s",
+            stopped,
+            step[0],
+            extra={"event": "stopping", "interrupted": step[0]},
+        )
+    except refusals as exc:
+        log.critical("refusing to start: %s", exc, extra={"event": "start_refused"})
+        code = 1
+    except Exception:  # anything else that breaks the start: told with its traceback
+        log.critical("failed to start", exc_info=True, extra={"event": "start_failed"})
+        code = 1
+    if before_exit is not None:
+        before_exit()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

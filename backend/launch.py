@@ -1,0 +1,92 @@
+"""The serving process's start and stop, below `python -m backend` (backend/__main__.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from backend.app import create_app
+from backend.registry import ModelRegistry
+from backend.server import FrontServer, ServerLimits
+from backend.services import services
+from backend.settings import Settings, SettingsError
+from runtime.bundle import BundleError
+
+log = logging.getLogger("backend")
+
+# The start's own failures, told in one line (no traceback): a setting or a bundle is wrong.
+REFUSALS = (SettingsError, BundleError)
+_KEEPALIVE_S = 5.0  # an idle connection between two requests, as gunicorn's default
+_LISTEN_BACKLOG = 2048
+
+
+def serve(settings: Settings, step: Callable[[str], None] = lambda _: None) -> int:
+    """Load the models in the background, serve until SIGTERM, stop; the exit status."""
+    app = create_app(replace(settings, background_load=True, exit_on_load_failure=True))
+    serving = services(app)
+    step("binding the port")
+    server = FrontServer(
+        app,
+        _listening_socket(settings.port),
+        threads=settings.gunicorn_threads,
+        limits=ServerLimits(
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            keepalive_s=_KEEPALIVE_S,
+            max_header_bytes=settings.max_header_bytes,
+            max_body_bytes=settings.max_request_bytes,
+            buffered_bytes_max=settings.buffered_bytes_max,
+            graceful_s=settings.graceful_timeout_s,
+        ),
+        stop_signal=serving.stop_signal,
+    )
+    stopped_at = asyncio.run(_run(server, serving.models))
+    _wait_for_loader(stopped_at + settings.graceful_timeout_s - 0.5)
+    return 0
+
+
+async def _run(server: FrontServer, models: ModelRegistry) -> float:
+    """Serve until a signal; when the stop began (time.monotonic)."""
+    loop = asyncio.get_running_loop()
+    stopped_at: list[float] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stopped_at:
+            return  # a second SIGTERM changes nothing: the stop is under way
+        stopped_at.append(time.monotonic())
+        doing = (
+            f"serving ({server.in_flight()} requests in flight)"
+            if models.ready
+            else models.status_message()
+        )
+        log.info(
+            "stopping on %s while %s",
+            sig.name,
+            doing,
+            extra={"event": "stopping", "interrupted": doing},
+        )
+        server.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await server.run(on_stop=models.stop)
+    return stopped_at[0] if stopped_at else time.monotonic()
+
+
+def _wait_for_loader(deadline: float) -> None:
+    """Let a model load in progress end at its step (a session opening), within the stop."""
+    for thread in threading.enumerate():
+        if thread.name == "model-loader":
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _listening_socket(port: int) -> socket.socket:
+    sock = socket.create_server(("0.0.0.0", port), backlog=_LISTEN_BACKLOG, reuse_port=False)  # noqa: S104  # Cloud Run sends to the container's port
+    sock.setblocking(False)
+    return sock
