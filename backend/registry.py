@@ -294,6 +294,7 @@ class ModelRegistry:
             "imagenet_acc5": manifest.imagenet_acc5,
             "input_size": manifest.input_size,
             "num_classes": len(manifest.categories),
+            "labels": manifest.categories,  # in output order; a top_k above their count is clamped
             "sha256": manifest.source.sha256,
             "file": manifest.source.file,
             "file_size_bytes": manifest.source.size,
