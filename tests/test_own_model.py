@@ -337,3 +337,14 @@ def test_cli_list_shows_user_entries_next_to_the_builtin_ones(own: Own):
     assert "torchvision" in rows["resnet152"] and "yours (catalog.toml)" in rows["shapes"]
     assert rows["shapes"].split()[1] == "(default)" and " 4 " in rows["shapes"]
     assert "set shapes: shapes, shapes_https, shapes_hub, shapes_gcs" in result.stdout
+
+
+def test_offline_demo_weights_of_an_own_model_have_its_head(own: Own, tmp_path):
+    """scripts/run --offline writes untrained weights: for your model, one output per label."""
+    from weights.demo import bake_untrained
+
+    catalog = load_catalog(own.catalog_path)
+    bake_untrained(["shapes"], tmp_path, catalog=catalog)
+    module = WeightsStore(tmp_path).load("shapes", allow_untrained=True)
+    with torch.inference_mode():
+        assert tuple(module(torch.randn(1, 3, 48, 48)).shape) == (1, len(LABELS))
