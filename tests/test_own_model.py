@@ -348,3 +348,39 @@ def test_offline_demo_weights_of_an_own_model_have_its_head(own: Own, tmp_path):
     module = WeightsStore(tmp_path).load("shapes", allow_untrained=True)
     with torch.inference_mode():
         assert tuple(module(torch.randn(1, 3, 48, 48)).shape) == (1, len(LABELS))
+
+
+@pytest.mark.slow
+def test_a_timm_architecture_is_baked_with_timms_preprocessing(tmp_path):
+    """timm at build time only: `timm/<name>` builds the model, and its eval transforms are
+    the default preprocessing (resnet10t: 176 px, crop_pct 0.875, bicubic)."""
+    from weights.demo import write_untrained
+
+    labels = ["cat", "dog", "fox"]
+    checkpoint, digest = write_untrained(
+        "timm/resnet10t", tmp_path / "files", stem="fox", num_classes=len(labels)
+    )
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        f'[models.fox]\narchitecture = "timm/resnet10t"\nfile = "{checkpoint}"\n'
+        f'sha256 = "{digest}"\nlabels = {json.dumps(labels)}\n'
+    )
+    catalog = load_catalog(path)
+    fetch(["fox"], tmp_path / "fetched", catalog=catalog, progress=False)
+    [manifest] = bake(
+        ["fox"], tmp_path / "fetched", tmp_path / "bundles", catalog=catalog, say=lambda _: None
+    )
+    assert manifest.architecture == "timm/resnet10t" and manifest.categories == labels
+    prep = manifest.preprocessing
+    assert (prep.resize, prep.crop, prep.interpolation) == (201, 176, "bicubic")
+    assert manifest.verification["worst_probability_difference"] <= 1e-4
+
+
+def test_an_unknown_timm_name_is_named(tmp_path):
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        '[models.m]\narchitecture = "timm/resnet9000"\nfile = "x.pt"\n'
+        f'sha256 = "{"0" * 64}"\nlabels = ["a", "b"]\n'
+    )
+    with pytest.raises(CatalogError, match="unknown architecture 'timm/resnet9000'"):
+        load_catalog(path)

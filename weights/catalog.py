@@ -25,11 +25,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import torch
-from torchvision.models import get_model, get_model_builder, get_model_weights, get_weight
+from torchvision.models import get_model_builder, get_model_weights, get_weight
 from torchvision.transforms import v2 as T
 
 from runtime.preprocess import INTERPOLATIONS, Preprocessing
 from runtime.selection import SelectionError, select
+from weights import architectures
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 CATALOG_ENV = "WEIGHTS_CATALOG"
@@ -164,14 +165,22 @@ class CatalogEntry:
             return self.weights_enum.transforms()
         return get_model_weights(self.architecture).DEFAULT.transforms()
 
+    def _own_preprocessing(self) -> Preprocessing | None:
+        """The preprocessing given as data: the catalog's, else timm's for a timm model."""
+        if self.preprocessing is not None:
+            return self.preprocessing
+        if architectures.timm_name(self.architecture) is not None:
+            return architectures.timm_preprocessing(self.architecture)
+        return None
+
     def transforms(self):
         """torchvision's preprocessing pipeline: the catalog's override, else the weights' own.
 
         The reference the runtime's own preprocessing is verified against.
         """
-        if self.preprocessing is None:
+        p = self._own_preprocessing()
+        if p is None:
             return self._preset()
-        p = self.preprocessing
         interpolation = _TORCHVISION_INTERPOLATIONS[p.interpolation]
         return T.Compose(
             [
@@ -185,8 +194,8 @@ class CatalogEntry:
 
     def runtime_preprocessing(self) -> Preprocessing:
         """What `transforms()` does, as data for the runtime: the override, else the weights'."""
-        if self.preprocessing is not None:
-            return self.preprocessing
+        if (given := self._own_preprocessing()) is not None:
+            return given
         preset = self._preset()
         return Preprocessing(
             resize=int(preset.resize_size[0]),
@@ -205,7 +214,7 @@ class CatalogEntry:
         if not self.own:
             return self.weights_enum.meta["num_params"]
         with torch.device("meta"):  # no memory, no initialisation: shapes only
-            module = get_model(self.architecture, weights=None, num_classes=len(self.categories))
+            module = architectures.build(self.architecture, num_classes=len(self.categories))
         return sum(p.numel() for p in module.parameters())
 
     def metadata(self) -> dict[str, Any]:
@@ -318,10 +327,15 @@ class CatalogEntry:
         if extra:
             raise CatalogError(f"{where}: an entry with `file` takes no {', '.join(extra)}")
         try:
-            get_model_builder(self.architecture)
-        except ValueError as exc:
+            if not architectures.known(self.architecture):
+                raise CatalogError(
+                    f"{where}: unknown architecture {self.architecture!r} (a torchvision "
+                    "builder name, or timm/<name> for a timm model)"
+                )
+        except ImportError as exc:
             raise CatalogError(
-                f"{where}: unknown torchvision architecture {self.architecture!r}"
+                f"{where}: {self.architecture} needs timm, a build-time dependency (the bake "
+                "group): `uv sync --group bake`"
             ) from exc
         if not isinstance(self.sha256, str) or not _SHA256.fullmatch(self.sha256):
             raise CatalogError(

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from torchvision.models import get_model
 
 from runtime.files import sha256_of
+from weights import architectures
 from weights.catalog import Catalog, CatalogEntry
 from weights.lock import FetchedFile, read_lock, write_lock
 
@@ -48,7 +48,7 @@ def untrained_state_dict(
 ) -> dict[str, torch.Tensor]:
     """A random state dict of torchvision's `architecture` with spread answers (reproducible)."""
     torch.manual_seed(seed)
-    module = get_model(architecture, weights=None, num_classes=num_classes)
+    module = architectures.build(architecture, num_classes)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         norms = [

@@ -14,9 +14,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from torchvision.models import get_model
 
 from runtime.files import sha256_of, size_problem
+from weights import architectures
 from weights.catalog import CatalogEntry, CatalogError
 from weights.lock import LOCK_NAME, FetchedFile, read_lock
 
@@ -223,9 +223,8 @@ def build_model(
     mmap-backed tensors stay mapped instead of being copied. `num_classes` sizes the head (a
     user's own model: one output per label).
     """
-    sized = {} if num_classes is None else {"num_classes": num_classes}
     with torch.device("meta"):
-        module = get_model(architecture, weights=None, **sized)
+        module = architectures.build(architecture, num_classes)
     if (problem := _mismatch(module, state_dict, where, num_classes)) is not None:
         raise problem
     try:
@@ -239,6 +238,6 @@ def build_model(
     ]
     if left_on_meta:
         # A non-persistent buffer is not in any state dict: rebuild the slow, sure way.
-        module = get_model(architecture, weights=None, **sized)
+        module = architectures.build(architecture, num_classes)
         module.load_state_dict(state_dict, strict=True)
     return module.eval()
