@@ -231,6 +231,8 @@ class ModelRegistry:
                 "model": model_id,
                 "timings_ms": timings,
                 "untrained": bundle.manifest.untrained,
+                "num_classes": len(bundle.manifest.categories),
+                "labels": bundle.manifest.categories[:10],  # the first ten: which model this is
             },
         )
         if bundle.manifest.untrained:

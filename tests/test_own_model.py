@@ -384,3 +384,12 @@ def test_an_unknown_timm_name_is_named(tmp_path):
     )
     with pytest.raises(CatalogError, match="unknown architecture 'timm/resnet9000'"):
         load_catalog(path)
+
+
+def test_the_log_names_the_models_labels(own_backend):
+    loaded = [
+        json.loads(line.removeprefix("[backend] "))
+        for line in own_backend.log().splitlines()
+        if '"event": "model_loaded"' in line
+    ]
+    assert {entry["model"]: entry["labels"] for entry in loaded}["shapes"] == LABELS
