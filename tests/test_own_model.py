@@ -318,6 +318,8 @@ def test_a_wrapped_data_parallel_checkpoint_loads_as_the_plain_one(own: Own, tmp
         (f'file = "ftp://h/x.pt"\nsha256 = "{"0" * 64}"\nlabels = ["a", "b"]', "use a path"),
         (f'file = "hf://x.pt"\nsha256 = "{"0" * 64}"\nlabels = ["a", "b"]', "hf://<owner>"),
         (f'file = "x.pt"\nsha256 = "{"0" * 64}"\nlabels = "none.txt"', "labels file"),
+        ('weights = "ResNet18_Weights.IMAGENET1K_V1"\nlabels = ["a", "b"]', "bring their own"),
+        ('file = "x.pt"\nweights = "ResNet18_Weights.IMAGENET1K_V1"', "takes no weights"),
     ],
 )
 def test_own_entry_mistakes_are_named(tmp_path, spec, complaint):

@@ -289,6 +289,11 @@ class CatalogEntry:
             self._validate_own()
             return
         where = f"model {self.id!r}"
+        if self.labels is not None:
+            raise CatalogError(
+                f"{where}: torchvision's weights bring their own labels; `labels` goes with "
+                "your own `file`"
+            )
         if self.weights.split(".")[-1] == "DEFAULT":
             raise CatalogError(f"{where}: name the weights exactly, not DEFAULT ({self.weights})")
         try:
