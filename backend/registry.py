@@ -231,6 +231,8 @@ class ModelRegistry:
                 "model": model_id,
                 "timings_ms": timings,
                 "untrained": bundle.manifest.untrained,
+                "num_classes": len(bundle.manifest.categories),
+                "labels": bundle.manifest.categories[:10],  # the first ten: which model this is
             },
         )
         if bundle.manifest.untrained:
@@ -294,6 +296,7 @@ class ModelRegistry:
             "imagenet_acc5": manifest.imagenet_acc5,
             "input_size": manifest.input_size,
             "num_classes": len(manifest.categories),
+            "labels": manifest.categories,  # in output order; a top_k above their count is clamped
             "sha256": manifest.source.sha256,
             "file": manifest.source.file,
             "file_size_bytes": manifest.source.size,

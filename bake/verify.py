@@ -115,9 +115,13 @@ def _compare_top(eager: np.ndarray, served: np.ndarray, tolerance: float) -> tup
     for row, (want, got) in enumerate(zip(eager, served, strict=True)):
         order = np.argsort(-want, kind="stable")[: TOP + 1]
         got_order = np.argsort(-got, kind="stable")[:TOP]
-        for position in range(TOP):
+        for position in range(min(TOP, len(want))):  # a user's model may have fewer classes
             above = want[order[position - 1]] - want[order[position]] if position else np.inf
-            below = want[order[position]] - want[order[position + 1]]
+            below = (
+                want[order[position]] - want[order[position + 1]]
+                if position + 1 < len(order)
+                else np.inf
+            )
             if min(above, below) > tolerance:
                 checked += 1
                 if got_order[position] != order[position]:

@@ -78,7 +78,9 @@ class Manifest:
 
     id: str
     architecture: str
-    weights: str  # the full torchvision weights name, e.g. ResNet152_Weights.IMAGENET1K_V2
+    # The full torchvision weights name, e.g. ResNet152_Weights.IMAGENET1K_V2; None for a
+    # user's own model, whose labels are `categories` (one per output, in order).
+    weights: str | None
     categories: list[str]
     preprocessing: Preprocessing
     parameters: int

@@ -412,6 +412,10 @@ def test_cli_unknown_id_exits_non_zero_with_the_valid_ids(tmp_path):
 # --- full pins: the catalog's, else the catalog's committed lock -------------------------------
 
 CONFIRMED = {
+    "convnext_base": (
+        "6075fbad31c688f9ed013922a59daf0fc2f4dc12e6e43bc01fa840c7bd1ca2cd",
+        354_486_097,
+    ),
     "resnet18": ("f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec", 46_830_571),
     "vgg16": ("397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", 553_433_881),
     "mobilenet_v3_large": (
@@ -425,16 +429,13 @@ CONFIRMED = {
 }
 
 
-def test_builtin_catalog_pins_the_four_confirmed_files():
+def test_builtin_catalog_pins_the_confirmed_files_and_no_single_source_one():
     catalog = load_catalog()
     for model_id, pin in CONFIRMED.items():
         entry = catalog.entry(model_id)
         assert entry.pin == pin and pin[0].startswith(entry.hash_prefix)
-    assert {m for m, e in catalog.models.items() if e.pin is None} == {
-        "resnet152",
-        "convnext_base",
-        "swin_b",
-    }
+    # resnet152 and swin_b: one public source each, a hint and not a pin (catalog.toml).
+    assert {m for m, e in catalog.models.items() if e.pin is None} == {"resnet152", "swin_b"}
 
 
 @pytest.mark.parametrize(

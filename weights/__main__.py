@@ -41,18 +41,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list(catalog) -> None:
-    rows = [("id", "architecture", "weights", "MB", "params", "acc@1", "source")]
+    rows = [("id", "architecture", "weights", "MB", "params", "acc@1", "classes", "source")]
     for entry in catalog.models.values():
         meta = entry.metadata()
+        size, acc = meta["file_size_mb"], meta["imagenet_acc1"]
         rows.append(
             (
                 entry.id + (" (default)" if entry.id == catalog.default else ""),
                 entry.architecture,
-                entry.weights,
-                f"{meta['file_size_mb']:.1f}",
+                entry.weights or "own: " + entry.source_description,
+                "?" if size is None else f"{size:.1f}",
                 f"{meta['parameters'] / 1e6:.1f}M",
-                f"{meta['imagenet_acc1']:.2f}",
-                "hub" if entry.hub else "torchvision",
+                "-" if acc is None else f"{acc:.2f}",
+                str(meta["num_classes"]),
+                _kind(entry, catalog),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -60,8 +62,17 @@ def _list(catalog) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print()
     for name, ids in catalog.sets.items():
-        total = sum(catalog.entry(i).metadata()["file_size_mb"] for i in ids)
-        print(f"set {name}: {', '.join(ids)} ({total:.0f} MB)")
+        sizes = [catalog.entry(i).metadata()["file_size_mb"] for i in ids]
+        known = sum(s for s in sizes if s is not None)
+        total = f"{known:.0f} MB" + ("+" if None in sizes else "")
+        print(f"set {name}: {', '.join(ids)} ({total})")
+
+
+def _kind(entry, catalog) -> str:
+    """Where the entry comes from: torchvision's catalog or the Hub (built in), or yours."""
+    builtin = catalog.builtin_ids is None or entry.id in catalog.builtin_ids
+    origin = "hub" if entry.hub else "torchvision"
+    return origin if builtin and not entry.own else f"yours ({catalog.path.name})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from torchvision.models import get_model
 
 from runtime.files import sha256_of
+from weights import architectures
 from weights.catalog import Catalog, CatalogEntry
 from weights.lock import FetchedFile, read_lock, write_lock
 
@@ -43,10 +43,12 @@ def _scenes(count: int, generator: torch.Generator, coarse: int, grain: float) -
     return smooth + grain * torch.randn(count, 3, 224, 224, generator=generator)
 
 
-def untrained_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def untrained_state_dict(
+    architecture: str, seed: int = 0, num_classes: int = 1000
+) -> dict[str, torch.Tensor]:
     """A random state dict of torchvision's `architecture` with spread answers (reproducible)."""
     torch.manual_seed(seed)
-    module = get_model(architecture, weights=None)
+    module = architectures.build(architecture, num_classes)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         norms = [
@@ -77,6 +79,7 @@ def write_untrained(
     stem: str | None = None,
     fmt: str = "pickle",
     seed: int = 0,
+    num_classes: int = 1000,
 ) -> tuple[Path, str]:
     """Write random weights as torchvision (`.pth`) or the Hub (`.safetensors`) would.
 
@@ -85,7 +88,7 @@ def write_untrained(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = untrained_state_dict(architecture, seed)
+    state = untrained_state_dict(architecture, seed, num_classes)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     os.close(fd)
     if fmt == "safetensors":
@@ -114,7 +117,11 @@ def bake_untrained(ids: Iterable[str], dest: Path, *, catalog: Catalog) -> list[
             baked.append(old)  # real or demo, keep what is there
             continue
         path, digest = write_untrained(
-            entry.architecture, dest, stem=f"{model_id}-untrained", fmt=entry.file_format
+            entry.architecture,
+            dest,
+            stem=f"{model_id}-untrained",
+            fmt=entry.file_format,
+            num_classes=len(entry.categories),  # a user's own model: one output per label
         )
         record = FetchedFile(
             id=model_id,

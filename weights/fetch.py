@@ -28,7 +28,7 @@ import requests
 from tqdm import tqdm
 
 from runtime.files import sha256_of
-from weights.catalog import Catalog, CatalogEntry
+from weights.catalog import DEFAULT_CATALOG, Catalog, CatalogEntry
 from weights.lock import FetchedFile, read_lock, write_lock
 from weights.pins import Pin, pin_for, pins_path, read_pins, write_pins
 
@@ -38,6 +38,7 @@ HUB_ENDPOINT_ENV = "HF_ENDPOINT"
 CONNECT_TIMEOUT_S = 15
 READ_TIMEOUT_S = 60  # between two chunks; a whole large file may take minutes
 _CHUNK = 1 << 20
+BUILTIN_LOCK = DEFAULT_CATALOG.with_suffix(".lock")
 
 
 class FetchError(RuntimeError):
@@ -63,8 +64,10 @@ def fetch(
     dest = Path(dest)
     lock_path = pins_path(catalog)
     locked = read_pins(lock_path)
+    # A user's catalog is read on top of the built-in one: the built-in lock pins those files.
+    builtin = {} if lock_path == BUILTIN_LOCK else read_pins(BUILTIN_LOCK)
     entries = [catalog.entry(model_id) for model_id in ids]
-    pins = {entry.id: pin_for(entry, locked) for entry in entries}
+    pins = {entry.id: pin_for(entry, {**builtin, **locked}) for entry in entries}
     unpinned = [entry for entry in entries if pins[entry.id] is None]
     if frozen and unpinned:
         names = ", ".join(f"{entry.id} ({entry.file_name})" for entry in unpinned)
@@ -81,10 +84,7 @@ def fetch(
         pin = pins[entry.id]
         record = _present(entry, dest, records.get(entry.id), pin)
         if record is None:
-            if entry.hub:
-                record = _fetch_hub(entry, dest, hub_endpoint, progress, pin)
-            else:
-                record = _fetch_url(entry, dest, mirror, progress, pin)
+            record = _download(entry, dest, mirror, hub_endpoint, progress, pin)
         if pin is None:
             locked[entry.id] = Pin(record.file, record.sha256, record.size, str(lock_path))
             write_pins(lock_path, locked)
@@ -97,6 +97,48 @@ def fetch(
         write_lock(dest, records)  # after each file: an interrupted build keeps what it got
         fetched.append(record)
     return fetched
+
+
+def _download(
+    entry: CatalogEntry,
+    dest: Path,
+    mirror: str | None,
+    hub_endpoint: str | None,
+    progress: bool,
+    pin: Pin | None,
+) -> FetchedFile:
+    """Fetch the entry's file from wherever it lives; every source ends in the same check."""
+    if entry.hub_source is not None:
+        return _fetch_hub(entry, dest, hub_endpoint, progress, pin)
+    if entry.gcs_object is not None:
+        from weights.sources import fetch_gcs
+
+        return _stage(entry, dest, pin, entry.source_description, fetch_gcs)
+    if entry.local_file is not None:
+        from weights.sources import copy_local
+
+        return _stage(entry, dest, pin, entry.source_description, copy_local)
+    return _fetch_url(entry, dest, None if entry.own else mirror, progress, pin)
+
+
+def _stage(entry, dest, pin, where, write) -> FetchedFile:
+    """`write(entry, path)` into a hidden file of `dest`; checked, then renamed into place."""
+    fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{entry.file_name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    print(f"{entry.id}: fetching {where}", flush=True)
+    try:
+        write(entry, tmp)
+        digest, size = sha256_of(tmp), tmp.stat().st_size
+        if not _digest_ok(entry, digest, size, pin):
+            raise FetchError(_mismatch(entry, where, digest, size, pin))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest / entry.file_name)
+    except OSError as exc:
+        raise _disk_error(exc, entry, dest) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _record(entry, dest / entry.file_name, digest, where)
 
 
 def _env_flag(name: str) -> bool:
@@ -247,8 +289,8 @@ def _fetch_hub(
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-    assert entry.hub is not None
-    hub = entry.hub
+    hub = entry.hub_source
+    assert hub is not None
     if constants.HF_HUB_OFFLINE:
         raise FetchError(
             f"{entry.id}: HF_HUB_OFFLINE is set in this process, so the Hub cannot be reached; "
@@ -295,7 +337,7 @@ def _fetch_hub(
 
 def _disk_error(exc: OSError, entry: CatalogEntry, dest: Path) -> Exception:
     if exc.errno == errno.ENOSPC:
-        size = entry.weights_enum.meta.get("_file_size")
+        size = entry.weights_enum.meta.get("_file_size") if entry.weights_enum else None
         need = f" (the file is about {size:.0f} MB)" if size else ""
         return FetchError(
             f"{entry.id}: no space left on the device holding {dest}{need}. "

@@ -14,9 +14,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from torchvision.models import get_model
 
 from runtime.files import sha256_of, size_problem
+from weights import architectures
 from weights.catalog import CatalogEntry, CatalogError
 from weights.lock import LOCK_NAME, FetchedFile, read_lock
 
@@ -114,8 +114,10 @@ class WeightsStore:
         Untrained demo weights (`python -m weights demo`) are refused unless allowed.
         """
         _, entry, path = self.verify(model_id, allow_untrained=allow_untrained)
-        state_dict = self._read_state_dict(path, entry, model_id)
-        return build_model(entry.architecture, state_dict, where=f"{path} ({model_id})")
+        where = f"model {model_id!r}, file {path}"
+        state_dict = state_dict_of(self._read_state_dict(path, entry, model_id), where=where)
+        classes = len(entry.categories) if entry.own else None
+        return build_model(entry.architecture, state_dict, where=where, num_classes=classes)
 
     @staticmethod
     def _read_state_dict(path: Path, entry: CatalogEntry, model_id: str) -> dict:
@@ -131,21 +133,100 @@ class WeightsStore:
         except pickle.UnpicklingError as exc:
             raise WeightsError(
                 f"refusing to load {path} ({model_id}): it is not a plain tensor file and "
-                f"loading it would run code ({str(exc).splitlines()[0]})"
+                f"loading it would run code ({str(exc).splitlines()[0]}). A whole model saved "
+                "with torch.save(model) is such a file: save model.state_dict() instead"
             ) from exc
         except (RuntimeError, OSError, ValueError, EOFError) as exc:
             raise WeightsError(f"could not read weights file {path} ({model_id}): {exc}") from exc
 
 
-def build_model(architecture: str, state_dict: dict, *, where: str) -> torch.nn.Module:
+# Where training code puts the weights in a checkpoint: Lightning, timm, most scripts
+# ({"state_dict": ...}), torchvision's reference scripts and DeiT ({"model": ...}).
+_WRAPPERS = ("state_dict", "model")
+_DATA_PARALLEL = "module."
+
+
+def _is_state_dict(found: object) -> bool:
+    return (
+        isinstance(found, dict)
+        and bool(found)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in found.items())
+    )
+
+
+def _describe(found: object) -> str:
+    if not isinstance(found, dict):
+        return f"a {type(found).__name__}"
+    items = [f"{k!r}: {type(v).__name__}" for k, v in list(found.items())[:6]]
+    more = f", ... ({len(found)} keys)" if len(found) > 6 else ""
+    return "a dict {" + ", ".join(items) + more + "}"
+
+
+def state_dict_of(checkpoint: object, *, where: str) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint as users save them: plain, wrapped in {"state_dict"}
+    or {"model"}, keys prefixed with `module.` (DataParallel); anything else is refused."""
+    found = checkpoint
+    if isinstance(found, dict) and not _is_state_dict(found):
+        for key in _WRAPPERS:
+            if _is_state_dict(found.get(key)):
+                found = found[key]
+                break
+    if not _is_state_dict(found):
+        raise WeightsError(
+            f"{where}: not a state dict of tensors: found {_describe(checkpoint)}. Save "
+            "model.state_dict(), alone or as {'state_dict': ...} or {'model': ...}"
+        )
+    if all(k.startswith(_DATA_PARALLEL) for k in found):
+        found = {k.removeprefix(_DATA_PARALLEL): v for k, v in found.items()}
+    return found
+
+
+def _mismatch(module: torch.nn.Module, state_dict: dict, where: str, num_classes: int | None):
+    """A WeightsError saying how the file differs from the architecture, or None."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    arch = type(module).__name__
+    if missing or unexpected:
+        return WeightsError(
+            f"{where}: not a checkpoint of this architecture ({arch}): {len(missing)} keys "
+            f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    shapes = [
+        (k, tuple(state_dict[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if not shapes:
+        return None
+    head = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    head_keys = {k: v for k, v in module.named_parameters() if v is head.weight or v is head.bias}
+    if num_classes is not None and {k for k, _, _ in shapes} <= set(head_keys):
+        name, found, _ = shapes[0]
+        return WeightsError(
+            f"{where}: the labels name {num_classes} classes, the checkpoint's head "
+            f"({name} {list(found)}) has {found[0]} outputs: give one label per output, in order"
+        )
+    described = "; ".join(f"{k} is {list(f)} in the file, {list(e)} here" for k, f, e in shapes[:3])
+    return WeightsError(
+        f"{where}: shapes differ from {arch}'s ({len(shapes)} tensors): {described}"
+    )
+
+
+def build_model(
+    architecture: str, state_dict: dict, *, where: str, num_classes: int | None = None
+) -> torch.nn.Module:
     """The architecture with `state_dict` loaded strictly, in eval mode.
 
     The module is built on the meta device and the loaded tensors are assigned in place:
     no time is spent on a random initialisation that would be overwritten at once, and
-    mmap-backed tensors stay mapped instead of being copied.
+    mmap-backed tensors stay mapped instead of being copied. `num_classes` sizes the head (a
+    user's own model: one output per label).
     """
     with torch.device("meta"):
-        module = get_model(architecture, weights=None)
+        module = architectures.build(architecture, num_classes)
+    if (problem := _mismatch(module, state_dict, where, num_classes)) is not None:
+        raise problem
     try:
         module.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as exc:
@@ -157,6 +238,6 @@ def build_model(architecture: str, state_dict: dict, *, where: str) -> torch.nn.
     ]
     if left_on_meta:
         # A non-persistent buffer is not in any state dict: rebuild the slow, sure way.
-        module = get_model(architecture, weights=None)
+        module = architectures.build(architecture, num_classes)
         module.load_state_dict(state_dict, strict=True)
     return module.eval()
