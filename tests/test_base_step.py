@@ -1,0 +1,171 @@
+"""deployment/steps/base.sh's look-up of an existing base asks the registry for read only.
+
+A registry behind token auth (as Artifact Registry is), over TLS, whose token server records the
+scopes each request asks for and grants pull only: the look-up must ask for pull alone. The old
+look-up, `docker manifest inspect` with docker 20.10's CLI, asked for push and pull (shown here).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import json
+import shutil
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+from tests.backend_process import free_port
+from tests.cloudbuild_runner import BuildFailed, run_build
+from tests.dockerd import BUILDER, Registry
+
+pytestmark = [pytest.mark.cloudbuild, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
+STEP = """steps:
+  - id: base
+    name: gcr.io/cloud-builders/docker
+    entrypoint: bash
+    args: [deployment/steps/base.sh, "${_IMAGE}", "${BUILD_ID}", Dockerfile, --, input.txt]
+"""
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """Issues registry tokens (RS256, x5c) granting pull, and push only while allowed."""
+
+    def __init__(self, key, cert) -> None:
+        self.scopes: list[str] = []
+        self.allow_push = True
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                scopes = parse_qs(urlparse(self.path).query).get("scope", [])
+                server.scopes += scopes
+                body = json.dumps({"token": server.token(scopes, key, cert)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def token(self, scopes, key, cert) -> str:
+        access = []
+        for scope in scopes:
+            kind, rest = scope.split(":", 1)
+            name, actions = rest.rsplit(":", 1)
+            granted = [a for a in actions.split(",") if a == "pull" or self.allow_push]
+            access.append({"type": kind, "name": name, "actions": granted})
+        der = cert.public_bytes(serialization.Encoding.DER)
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        now = int(time.time())
+        claims = {
+            "iss": "test-issuer",
+            "sub": "build",
+            "aud": "test-registry",
+            "exp": now + 600,
+            "nbf": now - 60,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        signed = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        signature = key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signed}.{b64(signature)}"
+
+
+def self_signed(directory: Path, name: str):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(LOOPBACK)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return key, cert
+
+
+@pytest.fixture
+def guarded_registry(tmp_path):
+    """A TLS registry behind token auth, and its token server."""
+    self_signed(tmp_path, "tls")
+    key, cert = self_signed(tmp_path, "token")
+    tokens = TokenServer(key, cert)
+    registry = Registry(
+        tmp_path,
+        free_port(),
+        f"  tls:\n    certificate: {tmp_path}/tls.crt\n    key: {tmp_path}/tls.key\n"
+        f"auth:\n  token:\n    realm: {tokens.url}\n    service: test-registry\n"
+        f"    issuer: test-issuer\n    rootcertbundle: {tmp_path}/token.crt\n",
+    )
+    yield registry, tokens
+    registry.stop()
+    tokens.httpd.shutdown()
+
+
+def test_the_look_up_of_an_existing_base_asks_for_pull_only(
+    docker_engine, guarded_registry, tmp_path
+):
+    registry, tokens = guarded_registry
+    workspace = tmp_path / "workspace"
+    (workspace / "deployment/steps").mkdir(parents=True)
+    shutil.copy2(ROOT / "deployment/steps/base.sh", workspace / "deployment/steps/base.sh")
+    (workspace / "Dockerfile").write_text("FROM busybox\nCOPY input.txt /\n")
+    (workspace / "input.txt").write_text(uuid.uuid4().hex)
+    (workspace / "cloudbuild.yaml").write_text(STEP)
+    image = {"_IMAGE": f"{registry.host}/p/r/thing_base"}
+    built = run_build(workspace / "cloudbuild.yaml", workspace, docker_engine, substitutions=image)
+    assert "building it" in built.log  # pushed, with push allowed
+    docker_engine.forget_everything()
+    tokens.allow_push, tokens.scopes = False, []
+    with pytest.raises(BuildFailed) as failed:  # pushing :latest is refused, as it should be
+        run_build(workspace / "cloudbuild.yaml", workspace, docker_engine, substitutions=image)
+    assert "not rebuilt" in str(failed.value)  # the look-up found the base
+    assert tokens.scopes[0] == "repository:p/r/thing_base:pull", tokens.scopes
+
+
+def test_the_old_look_up_asked_for_push(docker_engine, guarded_registry):
+    registry, tokens = guarded_registry
+    reference = f"{registry.host}/p/r/other:1"
+    docker_engine.run("tag", BUILDER, reference)
+    docker_engine.run("push", reference)
+    tokens.allow_push, tokens.scopes = False, []
+    docker_engine.run("manifest", "inspect", reference, check=False)
+    assert tokens.scopes[0] == "repository:p/r/other:pull,push"
