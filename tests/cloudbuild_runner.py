@@ -25,51 +25,18 @@ import yaml
 
 from tests.dockerd import Docker
 
-BUILD_KEYS = {
-    "steps",
-    "timeout",
-    "substitutions",
-    "options",
-    "images",
-    "tags",
-    "artifacts",
-    "availableSecrets",
-    "logsBucket",
-    "serviceAccount",
-    "queueTtl",
-}
-STEP_KEYS = {
-    "name",
-    "id",
-    "waitFor",
-    "entrypoint",
-    "args",
-    "script",
-    "env",
-    "dir",
-    "timeout",
-    "automapSubstitutions",
-    "secretEnv",
-    "volumes",
-    "allowFailure",
-    "allowExitCodes",
-}
-OPTION_KEYS = {
-    "machineType",
-    "diskSizeGb",
-    "logging",
-    "substitutionOption",
-    "env",
-    "automapSubstitutions",
-    "dynamicSubstitutions",
-    "requestedVerifyOption",
-    "sourceProvenanceHash",
-    "logStreamingOption",
-    "pool",
-    "defaultLogsBucketBehavior",
-    "volumes",
-    "secretEnv",
-}
+KNOWN = {  # the fields Cloud Build's build resource has; any other fails the build
+    "the build": {"steps", "timeout", "substitutions", "options", "images", "tags", "artifacts",
+                  "availableSecrets", "logsBucket", "serviceAccount", "queueTtl"},
+    "a step": {"name", "id", "waitFor", "entrypoint", "args", "script", "env", "dir", "timeout",
+               "automapSubstitutions", "secretEnv", "volumes", "allowFailure", "allowExitCodes"},
+    "options": {"machineType", "diskSizeGb", "logging", "substitutionOption", "env", "pool",
+                "automapSubstitutions", "dynamicSubstitutions", "requestedVerifyOption",
+                "sourceProvenanceHash", "logStreamingOption", "defaultLogsBucketBehavior",
+                "volumes", "secretEnv"},
+}  # fmt: skip
+BUILTINS = ("REPO_NAME", "BRANCH_NAME", "TAG_NAME", "COMMIT_SHA", "SHORT_SHA", "REVISION_ID",
+            "TRIGGER_NAME")  # fmt: skip
 # $$ (a literal $), ${NAME} or $NAME: the three forms Cloud Build's substitution reads.
 REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Z_][A-Z0-9_]*)")
 USER_NAME = re.compile(r"_[A-Z0-9_]+")
@@ -93,8 +60,8 @@ def seconds_of(duration: str) -> float:
     return float(duration[:-1])
 
 
-def check_keys(where: str, given: dict, known: set[str]) -> None:
-    unknown = sorted(set(given) - known)
+def check_keys(where: str, given: dict) -> None:
+    unknown = sorted(set(given) - KNOWN[where])
     if unknown:
         raise BuildFailed(f"invalid build: unknown field(s) {unknown} in {where}")
 
@@ -121,35 +88,17 @@ class Substitution:
         return REFERENCE.sub(replace, str(text))
 
 
-def run_build(
-    config_path: Path,
-    workspace: Path,
-    docker: Docker,
-    *,
-    project: str = "test-project",
-    substitutions: dict[str, str] | None = None,
-    build_id: str | None = None,
-) -> Build:
+def run_build(config_path: Path, workspace: Path, docker: Docker, *, project="test-project",
+              substitutions: dict[str, str] | None = None, build_id=None) -> Build:  # fmt: skip
     """Run one build of a cloudbuild file with `workspace` as its source; give its log."""
     config = yaml.safe_load(config_path.read_text())
-    check_keys("the build", config, BUILD_KEYS)
+    check_keys("the build", config)
     options = config.get("options", {})
-    check_keys("options", options, OPTION_KEYS)
+    check_keys("options", options)
     build = Build(build_id or str(uuid.uuid4()))
-    builtins = {
-        "PROJECT_ID": project,
-        "BUILD_ID": build.build_id,
-        "PROJECT_NUMBER": "123456789",
-        "LOCATION": "global",
-        "SERVICE_ACCOUNT_EMAIL": f"build@{project}.iam",
-        "REPO_NAME": "",
-        "BRANCH_NAME": "",
-        "TAG_NAME": "",
-        "COMMIT_SHA": "",
-        "SHORT_SHA": "",
-        "REVISION_ID": "",
-        "TRIGGER_NAME": "",
-    }
+    builtins = dict.fromkeys(BUILTINS, "")  # a build submitted from a directory, no trigger
+    builtins.update(PROJECT_ID=project, BUILD_ID=build.build_id, PROJECT_NUMBER="123456789",
+                    LOCATION="global", SERVICE_ACCOUNT_EMAIL=f"build@{project}.iam")  # fmt: skip
     overrides = dict(substitutions or {})
     for name in overrides:
         if not USER_NAME.fullmatch(name):
@@ -164,25 +113,21 @@ def run_build(
     # Substitute everything first: a bad substitution fails the build before any step runs.
     planned, seen = [], set()
     for index, step in enumerate(steps):
-        check_keys(f"step {index}", step, STEP_KEYS)
+        check_keys("a step", step)
         step_id = step.get("id", f"step-{index}")
         for waited in step.get("waitFor", []):
             if waited != "-" and waited not in seen:
                 raise BuildFailed(f"invalid build: step {step_id} waits for unknown step {waited}")
         seen.add(step_id)
-        planned.append(
-            {
-                "id": step_id,
-                "name": sub(step["name"]),
-                "args": [sub(arg) for arg in step.get("args", [])],
-                "env": [sub(env) for env in options.get("env", []) + step.get("env", [])],
-                "dir": sub(step.get("dir", "")),
-                "entrypoint": sub(step["entrypoint"]) if "entrypoint" in step else None,
-                "script": step.get("script"),  # not substituted: automap hands them in as env
-                "automap": step.get("automapSubstitutions", automap),
-                "timeout": seconds_of(step["timeout"]) if "timeout" in step else None,
-            }
-        )
+        planned.append({
+            "id": step_id, "name": sub(step["name"]), "dir": sub(step.get("dir", "")),
+            "args": [sub(arg) for arg in step.get("args", [])],
+            "env": [sub(env) for env in options.get("env", []) + step.get("env", [])],
+            "entrypoint": sub(step["entrypoint"]) if "entrypoint" in step else None,
+            "script": step.get("script"),  # not substituted: automap hands them in as env
+            "automap": step.get("automapSubstitutions", automap),
+            "timeout": seconds_of(step["timeout"]) if "timeout" in step else None,
+        })  # fmt: skip
         if step.get("script") and step.get("args"):
             raise BuildFailed(f"invalid build: step {step_id} has both script and args")
     images = [sub(image) for image in config.get("images", [])]
@@ -205,20 +150,10 @@ def run_build(
 
 def run_step(step: dict, workspace: Path, docker: Docker, build: Build, values, deadline) -> None:
     name = f"cloudbuild-{build.build_id[:8]}-{step['id']}"
-    command = [
-        "run",
-        "--rm",
-        f"--name={name}",
-        "--network=host",
-        f"--volume={docker.socket}:/var/run/docker.sock",
-        f"--volume={workspace}:/workspace",
-        f"--workdir={(Path('/workspace') / step['dir']).as_posix()}",
-    ]
-    env = {
-        "PROJECT_ID": values["PROJECT_ID"],
-        "BUILD_ID": build.build_id,
-        "BUILDER_OUTPUT": "/builder/outputs",
-    }
+    command = ["run", "--rm", f"--name={name}", "--network=host",
+               f"--volume={docker.socket}:/var/run/docker.sock", f"--volume={workspace}:/workspace",
+               f"--workdir={(Path('/workspace') / step['dir']).as_posix()}"]  # fmt: skip
+    env = {"PROJECT_ID": values["PROJECT_ID"], "BUILD_ID": build.build_id}
     if step["automap"]:
         env.update(values)
     env.update(entry.split("=", 1) for entry in step["env"])

@@ -8,6 +8,7 @@ the suite, so every test that needs a bundle uses these.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def docker_engine():
         containers.ensure_python_base()
     except containers.ContainerToolsUnavailable as exc:
         pytest.fail(f"{exc}: run scripts/install-system-packages.sh as root")
-    scratch = dockerd.scratch_dir("dockerd-")
+    scratch = Path(tempfile.mkdtemp(prefix="dockerd-", dir="/var/tmp"))
     engine = dockerd.Docker(scratch).start()
     try:
         dockerd.import_stand_ins(engine, scratch)

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -78,21 +77,10 @@ class Docker:
 
     def start(self) -> Docker:
         log = (self.root / "dockerd.log").open("w")
-        subprocess.Popen(
-            [
-                "dockerd",
-                "--iptables=false",
-                "--ip-forward=false",
-                "--bridge=none",
-                f"--data-root={self.root / 'data'}",
-                f"--exec-root={self.root / 'exec'}",
-                f"--host=unix://{self.socket}",
-                f"--pidfile={self.root / 'docker.pid'}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        subprocess.Popen(["dockerd", "--iptables=false", "--ip-forward=false", "--bridge=none",
+                          f"--data-root={self.root / 'data'}", f"--exec-root={self.root / 'exec'}",
+                          f"--host=unix://{self.socket}", f"--pidfile={self.root / 'docker.pid'}"],
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         for _ in range(300):
             if self.run("version", check=False).returncode == 0:
                 return self
@@ -130,12 +118,6 @@ class Docker:
         if ids:  # the stand-ins' parents fail to go (in use), as they should
             self.run("rmi", "--force", *sorted(ids), check=False)
         self.run("builder", "prune", "--all", "--force")
-
-    def layers(self, reference: str) -> list[str]:
-        out = self.run(
-            "image", "inspect", "--format", "{{range .RootFS.Layers}}{{.}} {{end}}", reference
-        ).stdout
-        return out.split()
 
 
 def copy_with_libraries(tree: Path, binary: str, destination: str) -> None:
@@ -233,7 +215,3 @@ class Registry:
                 ["du", "-sb", str(self.storage)], capture_output=True, text=True, check=True
             ).stdout.split()[0]
         )
-
-
-def scratch_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
