@@ -111,13 +111,15 @@ class Docker:
     def forget_everything(self) -> None:
         """Remove every image but the stand-ins, and the build cache: a fresh Cloud Build
         worker's daemon (which has the builders; the Python image it would pull)."""
-        listed = self.run("images", "--all", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}")
         keep = {"busybox:latest", f"{BUILDER}:latest", containers.PYTHON_IMAGE}
-        kept = {line.split()[1] for line in listed.stdout.splitlines() if line.split()[0] in keep}
-        ids = {line.split()[1] for line in listed.stdout.splitlines()} - kept
-        if ids:  # the stand-ins' parents fail to go (in use), as they should
-            self.run("rmi", "--force", *sorted(ids), check=False)
+        listed = ["images", "--format", "{{.Repository}}:{{.Tag}}"]
+        tagged = set(self.run(*listed).stdout.split()) - keep - {"<none>:<none>"}
+        if tagged:  # their untagged parents (the classic builder's cache) go with them
+            self.run("rmi", "--force", *sorted(tagged))
+        self.run("image", "prune", "--force")
         self.run("builder", "prune", "--all", "--force")
+        if left := set(self.run(*listed).stdout.split()) - keep:
+            raise RuntimeError(f"images left after removing them all: {left}")
 
 
 def copy_with_libraries(tree: Path, binary: str, destination: str) -> None:
