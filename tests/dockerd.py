@@ -11,10 +11,11 @@ machine's TLS-intercepting proxy (the files pass it as _PIP_CERT).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -24,12 +25,8 @@ from tests import containers
 
 DOCKER = "/usr/bin/docker"  # Debian's 20.10 client, Cloud Build's; /usr/local/bin may be newer
 BUILDER = "gcr.io/cloud-builders/docker"
+TOOLS = ("dockerd", "docker-registry", "busybox")  # scripts/install-system-packages.sh
 PATH_ENV = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-APT_PACKAGES = {
-    "dockerd": "docker.io",
-    "docker-registry": "docker-registry",
-    "busybox": "busybox-static",
-}
 # The one difference from Cloud Build: there, `docker build` runs on the `cloudbuild` network;
 # here a build must reach the weights origin and the registry on 127.0.0.1, and this dockerd has
 # no bridge network (--bridge=none), so the stand-in builder's docker adds --network host.
@@ -40,31 +37,9 @@ exec /usr/bin/docker.real "$@"
 
 
 def ensure_tools() -> None:
-    """Install Debian's docker.io, docker-registry and busybox-static unless they are there."""
-    missing = [pkg for tool, pkg in APT_PACKAGES.items() if not shutil.which(tool)]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise containers.ContainerToolsUnavailable(f"not root, cannot install {missing}")
-    with containers.machine_lock():
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
-
-
-def stop_pid(pidfile: Path) -> None:
-    """Stop the process whose PID a file holds (ours), waiting until it is gone."""
-    if not pidfile.exists():
-        return
-    pid = int(pidfile.read_text())
-    try:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(150):
-            os.kill(pid, 0)
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """Fail clearly unless Debian's docker.io, docker-registry and busybox-static are there."""
+    if missing := [tool for tool in TOOLS if not shutil.which(tool)]:
+        raise containers.ContainerToolsUnavailable(f"{', '.join(missing)} missing")
 
 
 class Docker:
@@ -77,10 +52,11 @@ class Docker:
 
     def start(self) -> Docker:
         log = (self.root / "dockerd.log").open("w")
-        subprocess.Popen(["dockerd", "--iptables=false", "--ip-forward=false", "--bridge=none",
-                          f"--data-root={self.root / 'data'}", f"--exec-root={self.root / 'exec'}",
-                          f"--host=unix://{self.socket}", f"--pidfile={self.root / 'docker.pid'}"],
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        command = ["dockerd", "--iptables=false", "--ip-forward=false", "--bridge=none",
+                   f"--data-root={self.root / 'data'}", f"--exec-root={self.root / 'exec'}",
+                   f"--host=unix://{self.socket}",
+                   f"--pidfile={self.root / 'docker.pid'}"]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         for _ in range(300):
             if self.run("version", check=False).returncode == 0:
                 return self
@@ -88,7 +64,8 @@ class Docker:
         raise RuntimeError(f"dockerd did not start: {(self.root / 'dockerd.log').read_text()}")
 
     def stop(self) -> None:
-        stop_pid(self.root / "docker.pid")  # dockerd stops its containerd too
+        self.process.terminate()  # dockerd stops its containerd too
+        self.process.wait(timeout=30)
         netns = self.root / "exec" / "netns" / "default"
         if netns.exists():  # dockerd leaves this mount behind
             subprocess.run(["umount", str(netns)], check=False)
@@ -151,12 +128,8 @@ def import_stand_ins(docker: Docker, scratch: Path) -> None:
     (tree / "usr/bin/docker").chmod(0o755)
     docker.import_tree(tree, BUILDER, 'ENTRYPOINT ["/usr/bin/docker"]')
     # The Python stand-in, its CA bundle the host's (the proxy's CA): _PIP_CERT names it.
-    save = subprocess.Popen(
-        ["podman", "save", containers.PYTHON_IMAGE],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=containers.environment(),
-    )
+    save = subprocess.Popen(["podman", "save", containers.PYTHON_IMAGE], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=containers.environment())  # fmt: skip
     docker.run("load", stdin=save.stdout)
     save.wait()
     context = scratch / "python"
@@ -181,16 +154,11 @@ class Registry:
             f"  delete:\n    enabled: true\nhttp:\n  addr: {self.host}\n{extra}"
         )
         log = (root / "registry.log").open("w")
-        process = subprocess.Popen(
+        self.process = subprocess.Popen(
             ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
         )
-        (root / "registry.pid").write_text(str(process.pid))
-        self.process = process
         for _ in range(100):
-            probe = subprocess.run(
-                ["bash", "-c", f"echo >/dev/tcp/127.0.0.1/{port}"], capture_output=True
-            )
-            if probe.returncode == 0:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"registry did not start: {(root / 'registry.log').read_text()}")
@@ -210,10 +178,5 @@ class Registry:
 
     def stored_bytes(self) -> int:
         """What the registry holds, in bytes: grows by exactly what a push uploaded."""
-        if not self.storage.exists():
-            return 0
-        return int(
-            subprocess.run(
-                ["du", "-sb", str(self.storage)], capture_output=True, text=True, check=True
-            ).stdout.split()[0]
-        )
+        du = subprocess.run(["du", "-sb", self.storage], capture_output=True, text=True)
+        return int(du.stdout.split()[0]) if du.returncode == 0 else 0  # none before a push

@@ -1,17 +1,14 @@
-"""The Cloud Build files run for real (marker `cloudbuild`): tests/cloudbuild_runner.py executes
-their steps against a private Docker Engine 20.10 and a registry on 127.0.0.1 standing in for
-Artifact Registry (tests/dockerd.py).
+"""The Cloud Build files run for real (marker `cloudbuild`) by tests/cloudbuild_runner.py against
+a private Docker Engine 20.10 and a registry on 127.0.0.1 (tests/dockerd.py).
 
-The scenarios run in file order, each building on the last, as a user's builds would: the
-registry is shared, and before each build whose claim depends on it the daemon forgets every
-image and its build cache (a fresh Cloud Build worker), so the registry is the only cache.
-The new model set (built with the v2 file) and v3 run on the same worker as the dependency
-change, which showed the registry alone brings torch back: a fresh worker would pull its 5 GB
-again (~1-2 min here) to show the same.
+The scenarios run in file order, each building on the last, as a user's builds would, with one
+registry. Before each build whose claim depends on it the daemon forgets its images and build
+cache (a fresh Cloud Build worker): the registry is the only cache. The new model set (built
+with the v2 file) and v3 run on the dependency change's worker, which already showed the
+registry alone bringing torch back (a fresh worker would pull its 5 GB again, 1-2 min here).
 torch (pip's CUDA build here, ~5 GB: the CPU index is out of reach) is installed once, by the
-first build; every later build reuses its layers from the registry's backend_bake image.
-Small generated models (resnet18, mobilenet_v3_large) from the tests' weights origin stand in
-for the catalog's sets: what is claimed is which layers are built and pushed, not the models.
+first build. Small generated models from the tests' weights origin stand in for the catalog's
+sets: what is claimed is which layers are built and pushed, not the models.
 """
 
 from __future__ import annotations
@@ -56,34 +53,22 @@ def build(name, workspace, engine, registry, *, fresh=True, **substitutions):
     """Run one cloudbuild file the way `python3 -m deployment build` submits it; time it."""
     if fresh:
         engine.forget_everything()
-    values = {
-        "_REGISTRY": registry.host,
-        "_PYTHON_IMAGE": containers.PYTHON_IMAGE,
-        "_PIP_CERT": str(containers.HOST_CA),
-        **substitutions,
-    }
+    values = {"_REGISTRY": registry.host, "_PYTHON_IMAGE": containers.PYTHON_IMAGE,
+              "_PIP_CERT": str(containers.HOST_CA)}  # fmt: skip
     if name.startswith("backend"):
-        values = {
-            "_TORCH_INDEX_URL": "",
-            "_MODELS": "resnet18",
-            "_WEIGHTS_CATALOG": "/build/weights/test-catalog.toml",
-            **values,
-        }
+        values.update(_TORCH_INDEX_URL="", _MODELS="resnet18",
+                      _WEIGHTS_CATALOG="/build/weights/test-catalog.toml")  # fmt: skip
     before, started = registry.stored_bytes(), time.monotonic()
+    config = DEPLOYMENT / f"cloudbuild_{name}.yaml"
     done = run_build(
-        DEPLOYMENT / f"cloudbuild_{name}.yaml",
-        workspace,
-        engine,
-        project=PROJECT,
-        substitutions=values,
+        config, workspace, engine, project=PROJECT, substitutions=values | substitutions
     )
     done.pushed = registry.stored_bytes() - before
-    (registry.root / f"build-{len(TIMES)}-{name}.log").write_text(done.log)  # kept by pytest
-    TIMES[name if name not in TIMES else f"{name} again"] = time.monotonic() - started
+    label = f"{len(TIMES) + 1}. {name}"
+    TIMES[label] = time.monotonic() - started
+    (registry.root / f"build-{len(TIMES)}-{name}.log").write_text(done.log)  # pytest keeps it
     steps = ", ".join(f"{step} {seconds:.0f}s" for step, seconds in done.seconds.items())
-    print(
-        f"\n{name}: {time.monotonic() - started:.0f}s ({steps}), pushed {done.pushed / 1e6:.1f} MB"
-    )
+    print(f"\n{label}: {TIMES[label]:.0f}s ({steps}), pushed {done.pushed / 1e6:.1f} MB")
     return done
 
 
