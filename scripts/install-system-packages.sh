@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests use, only those that are missing:
 # chromium (the browser test), podman/buildah and friends (container tests, see
-# tests/containers.py), nginx (the local stand-in for the v3 API gateway).
+# tests/containers.py), nginx (the local stand-in for the v3 API gateway), Docker Engine
+# 20.10, a registry and busybox (the Cloud Build files run for real, see tests/dockerd.py).
 set -euo pipefail
 
 usage() { echo "usage: $0 [--dry-run]" >&2; }
@@ -20,6 +21,9 @@ declare -A wanted=(
   [podman]="podman buildah runc fuse-overlayfs uidmap slirp4netns containernetworking-plugins"
   [debootstrap]="debootstrap"
   [nginx]="nginx-light"
+  [dockerd]="docker.io"
+  [docker-registry]="docker-registry"
+  [busybox]="busybox-static"
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

@@ -7,6 +7,8 @@ the suite, so every test that needs a bundle uses these.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,23 @@ def backend_server(bundles_dir: Path, tmp_path_factory):
         yield backend
     finally:
         backend.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A private Docker Engine 20.10 with the builder and Python stand-ins imported."""
+    from tests import containers, dockerd
+
+    try:
+        dockerd.ensure_tools()
+        containers.ensure_python_base()
+    except containers.ContainerToolsUnavailable as exc:
+        pytest.fail(f"{exc}: run scripts/install-system-packages.sh as root")
+    scratch = Path(tempfile.mkdtemp(prefix="dockerd-", dir="/var/tmp"))
+    engine = dockerd.Docker(scratch).start()
+    try:
+        dockerd.import_stand_ins(engine, scratch)
+        yield engine
+    finally:
+        engine.stop()
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -6,12 +6,14 @@
 #
 # The base is named by its inputs: IMAGE:inputs-<hash of the INPUT files and the build
 # arguments>. If the registry has that tag, it is pulled, not built (a code-only change: no
-# base is built or uploaded). Otherwise it is built with the previous IMAGE:latest as its layer
-# cache (pulled by the build's first step), so only the layers after the first changed input
+# base is built or uploaded, and the previous base is not even pulled). Otherwise the previous
+# IMAGE:latest is pulled as its layer cache, so only the layers after the first changed input
 # are rebuilt, and pushed. --stage=NAME builds that earlier stage of a multi-stage Dockerfile on
-# its own first, cached from and pushed as IMAGE's sibling <IMAGE without _base>_NAME:latest:
-# an image keeps its final stage's layers only, so without it the stage (for the backend:
-# torch, the weights, the ONNX export) would be rebuilt from nothing on every base change.
+# its own first, cached from and pushed as <IMAGE's repository>/<component>_NAME:latest, named
+# after the Dockerfile (docker/backend-base.Dockerfile, --stage=bake: backend_bake), so every
+# image built from that Dockerfile (backend_v1, v2, v3) shares it: an image keeps its final
+# stage's layers only, so without it the stage (for the backend: torch, the weights, the ONNX
+# export) would be rebuilt from nothing on every base change.
 # Either way the base ends up tagged IMAGE:latest (the next build's cache) and
 # IMAGE:BUILD_ID (what this build's code image is built FROM).
 set -euo pipefail
@@ -51,9 +53,11 @@ else
   fi
   build_args=()
   for arg in "${args[@]}"; do build_args+=(--build-arg "${arg}"); done
+  docker pull --quiet "${image}:latest" || echo "no ${image}:latest yet: a first build"
   cache=(--cache-from "${image}:latest")
   if [[ -n "${stage}" ]]; then
-    stage_image="${image%_base}_${stage}:latest"
+    component="$(basename "${dockerfile}" .Dockerfile)"
+    stage_image="${image%/*}/${component%-base}_${stage}:latest"
     docker pull --quiet "${stage_image}" || echo "no ${stage_image} yet: its stage is built afresh"
     docker build --file "${dockerfile}" --target "${stage}" --cache-from "${stage_image}" \
       "${build_args[@]}" --tag "${stage_image}" .
