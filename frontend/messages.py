@@ -65,6 +65,10 @@ BY_CODE = {
         "The classifier is busy with other large images.",
         "Try again in a few seconds, or use a smaller image.",
     ),
+    "shutting_down": (
+        "The classifier was restarting as your image arrived.",
+        "Try again: another instance will answer.",
+    ),
     "upstream_error": (
         "The image could not be downloaded from that link.",
         f"Check that the link opens the picture itself, or {UPLOAD_INSTEAD}.",
