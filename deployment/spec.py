@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from runtime.selection import select  # noqa: E402  (standard library only, like timing)
 from runtime.timing import TIMING  # noqa: E402  (standard library only)
 
 CATALOG = ROOT / "weights" / "catalog.toml"
@@ -151,24 +152,19 @@ def backend_size(variant: Variant, model: str = "") -> Size:
 
 
 def models_of(selection: str, catalog: Path = CATALOG) -> list[str]:
-    """Model ids of a set or comma-separated ids; ValueError names what is unknown."""
-    with catalog.open("rb") as file:
-        data = tomllib.load(file)
-    sets, models = data.get("sets", {}), data.get("models", {})
-    ids: list[str] = []
-    for name in filter(None, (part.strip() for part in selection.split(","))):
-        if name in sets:
-            ids.extend(sets[name])
-        elif name in models:
-            ids.append(name)
-        else:
-            raise ValueError(
-                f"unknown model or set {name!r} in {catalog.name} "
-                f"(sets: {', '.join(sets)}; models: {', '.join(models)})"
-            )
-    if not ids:
-        raise ValueError(f"{selection!r} selects no model")
-    return list(dict.fromkeys(ids))
+    """Model ids of a set or comma-separated ids; ValueError names what is unknown.
+
+    A user's catalog is read on top of the built-in one, as `python -m weights` reads it: its
+    models and sets are added, and one of the same name replaces the built-in one.
+    """
+    sets: dict[str, list[str]] = {}
+    models: dict[str, object] = {}
+    for path in dict.fromkeys([CATALOG, catalog]):
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+        sets.update(data.get("sets", {}))
+        models.update(data.get("models", {}))
+    return select(selection, list(models), sets)
 
 
 def check() -> None:

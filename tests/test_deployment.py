@@ -411,6 +411,18 @@ def test_v3_builds_the_catalogs_v2_set_by_default():
     assert config["substitutions"]["_MODELS"].split(",") == spec.models_of("v2")
 
 
+def test_a_users_catalog_is_read_on_top_of_the_built_in_one(tmp_path):
+    mine = tmp_path / "mine.toml"
+    mine.write_text(
+        '[sets]\nv3 = ["flowers", "resnet18"]\n'
+        '[models.flowers]\narchitecture = "resnet18"\nfile = "flowers.pt"\n'
+    )
+    assert spec.models_of("v3", mine) == ["flowers", "resnet18"]  # its set, a built-in id in it
+    assert spec.models_of("flowers,v1", mine) == ["flowers", *spec.models_of("v1")]
+    with pytest.raises(ValueError, match=r"unknown model 'tulips'.*flowers"):
+        spec.models_of("tulips", mine)
+
+
 def test_the_spec_agrees_with_itself():
     spec.check()
 
