@@ -104,8 +104,8 @@ def follow_the_link(choice: Choice) -> sources.Query | None:
         if outcome is None or outcome.view != view_of(linked.source, choice.model, choice.compare):
             return linked
         return None
-    stale = outcome is not None and outcome.view is not None
-    if stale and outcome.view != view_of(outcome.view[0], choice.model, choice.compare):
+    tied = outcome is not None and outcome.view is not None  # to an input, not a refusal
+    if tied and outcome.view != view_of(outcome.view[0], choice.model, choice.compare):
         del st.session_state[OUTCOME]  # asked of another model
     return None
 

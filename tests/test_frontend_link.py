@@ -15,6 +15,7 @@ from tests.frontend_page import (
     classify_url,
     compare_all,
     open_page,
+    open_tab,
     reset_page,
     shown_images,
     shown_model,
@@ -115,3 +116,19 @@ def test_a_link_naming_an_unknown_model_or_example_falls_back(monkeypatch):
     assert not at.exception
     assert at.selectbox(key="model").value == MODELS[0]
     assert server.paths("POST") == []
+
+
+def test_a_pasted_url_is_classified_without_a_click_and_typing_is_not(monkeypatch):
+    with backend(["resnet152"]) as server:
+        monkeypatch.setenv("SERVING_URL", server.url)
+        at = open_tab(open_page(), "Image URL")
+        # Typed: the field commits after each pause, a few characters at a time.
+        for typed in ("https://", "https://images.", "https://images.exa"):
+            at.text_input(key="url").input(typed).run()
+        assert server.paths("POST") == []
+        assert shown_model(at) is None
+        # Pasted: the whole link arrives at once.
+        at = open_tab(open_page(), "Image URL")
+        at.text_input(key="url").input(IMAGE_URL).run()
+    assert server.paths("POST") == ["/model/resnet152/predict"]
+    assert shown_model(at) == "resnet152"

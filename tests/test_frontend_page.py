@@ -344,3 +344,20 @@ def test_v2_sends_the_sessions_choice_with_the_request(monkeypatch):
         classify_url(at, IMAGE_URL)
         (sent,) = [r for r in backend.requests if r.method == "POST"]
     assert sent.path == "/model/vgg16/predict"
+
+
+@pytest.mark.parametrize(
+    ("meta", "said"),
+    [
+        ({**META, "num_classes": 1000, "imagenet_acc1": 82.3}, "one of 1,000 ImageNet categories"),
+        # A user's own classifier: its own classes, no ImageNet accuracy.
+        ({**META, "num_classes": 3, "imagenet_acc1": None}, "one of 3 categories."),
+    ],
+)
+def test_the_heading_counts_the_models_own_classes(monkeypatch, meta, said):
+    with stub_backend(meta=json_reply(meta)) as backend:
+        monkeypatch.setenv("SERVING_URL", backend.url)
+        at = open_page()
+    assert any(said in c for c in texts(at.caption))
+    if meta["num_classes"] != 1000:
+        assert not any("ImageNet" in c or "1,000" in c for c in texts(at.caption))
