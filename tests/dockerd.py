@@ -89,13 +89,15 @@ class Docker:
         """Remove every image but the stand-ins, and the build cache: a fresh Cloud Build
         worker's daemon (which has the builders; the Python image it would pull)."""
         keep = {"busybox:latest", f"{BUILDER}:latest", containers.PYTHON_IMAGE}
-        listed = ["images", "--format", "{{.Repository}}:{{.Tag}}"]
-        tagged = set(self.run(*listed).stdout.split()) - keep - {"<none>:<none>"}
-        if tagged:  # their untagged parents (the classic builder's cache) go with them
-            self.run("rmi", "--force", *sorted(tagged))
-        self.run("image", "prune", "--force")
+        listed = ["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]
+        names = {ref if not ref.endswith(":<none>") else image_id  # untagged: by id
+                 for ref, image_id in map(str.split, self.run(*listed).stdout.splitlines())
+                 if ref not in keep}  # fmt: skip
+        if names:  # their untagged parents (the classic builder's cache) go with them
+            self.run("rmi", "--force", *sorted(names), check=False)  # checked below
         self.run("builder", "prune", "--all", "--force")
-        if left := set(self.run(*listed).stdout.split()) - keep:
+        left = {line.split()[0] for line in self.run(*listed).stdout.splitlines()} - keep
+        if left:
             raise RuntimeError(f"images left after removing them all: {left}")
 
 
