@@ -141,9 +141,9 @@ def decode_image(
     """Return the first frame of `data` as an upright RGB image, transparency on white.
 
     `reserve(pixels)`, if given, is called with the pixels about to be held, once the header is
-    checked and before any pixel is allocated: the image's pixels times the copies its decode
-    holds at once (`_copies_held`: 1 for plain RGB, up to 4 for a rotated image with alpha).
-    the caller's bound on the pixels in flight (backend.budget) may make it wait there.
+    checked and before any pixel is allocated: the RGB pixels' worth of memory its decode path
+    holds at its peak (`_pixels_to_reserve`, measured: 1x the pixels for a plain RGB JPEG, 5x
+    for any WebP). The caller's bound on the pixels in flight (backend.budget) may wait there.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadRequest("the image must be sent as bytes")
@@ -157,7 +157,8 @@ def decode_image(
     _check_dimensions(image.size, policy)
     image.decodermaxblock = _DECODE_BLOCK
     if reserve is not None:
-        reserve(image.width * image.height * _copies_held(image))
+        reserve(_pixels_to_reserve(image))
+    rotation_reserved = _needs_rotation(image)
     try:
         # load() is where truncated data shows: a cut JPEG passes Image.verify().
         image.load()
@@ -165,6 +166,9 @@ def decode_image(
         raise PayloadTooLarge("the image has too many pixels") from exc
     except _DECODER_ERRORS as exc:
         raise UndecodableImage("the image data is truncated or corrupt") from exc
+    if reserve is not None and not rotation_reserved and _needs_rotation(image):
+        # A PNG may carry its EXIF orientation after the image data: known only now.
+        reserve(_units(image, _ROTATION_BYTES_PER_PIXEL))
     # The steps below are not interruptible: refuse now if they cannot finish within the budget.
     converts = image.mode != "RGB" or image.has_transparency_data
     budget.check(reserve=image.width * image.height * _FINISH_CPU_S_PER_PIXEL * converts)
@@ -309,16 +313,42 @@ def _check_dimensions(size: tuple[int, int], policy: ImagePolicy) -> None:
         )
 
 
-def _copies_held(image: Image.Image) -> int:
-    """How many buffers the size of the decoded RGB image decoding `image` holds at its peak,
-    from its header: the decode, then any rotation (a copy) and any alpha blend (RGBA and the
-    RGB result). Measured peaks for 36 M pixels: 147 MiB for RGB, 277 rotated, 284 RGBA, 319 P
-    with transparency, 422 LA or 16-bit (converted through a 4-byte mode first)."""
-    if image.has_transparency_data:
-        copies = 2 if image.mode == "RGBA" else 3
+# Peak bytes per pixel while an image is decoded and made RGB, by decode path, measured by
+# benchmarks/decode_memory.py (docs/bad-inputs.md has the table) and rounded up. The budget
+# (backend/budget.py) counts in RGB pixels, which Pillow holds in 4 bytes each.
+_BUDGET_UNIT_BYTES = 4
+_PEAK_BYTES_PER_PIXEL = {
+    "WEBP": 20,  # libwebp's own buffer, Pillow's copy, then RGB: 16.8 lossy, 19.1 lossless
+    "RGB": 4,  # the decode is the result: 4.2 (a JPEG's working rows on top)
+    "RGBA": 8,  # blended onto a new RGB image: 8.0
+    "1": 6,  # the 1-byte decode, then RGB: 5.0 (BMP)
+    "L": 6,  # 5.2 (greyscale JPEG)
+    "P": 9,  # 9.0 (GIF, PNG)
+    "CMYK": 9,  # 8.1 (CMYK JPEG)
+    "transparent": 12,  # LA, P or L with transparency, through RGBA: 9.0-12.0
+    "16-bit": 12,  # through a 4-byte mode, then L, then RGB: 11.0
+    "other": 12,  # YCbCr, LAB...: the most of the above that is not WebP
+}
+_ROTATION_BYTES_PER_PIXEL = 4  # exif_transpose writes a rotated copy: +4.0
+
+
+def _pixels_to_reserve(image: Image.Image) -> int:
+    """The budget's RGB pixels that decoding `image` holds at its peak, from its header."""
+    if image.format == "WEBP":
+        peak = _PEAK_BYTES_PER_PIXEL["WEBP"]
+    elif image.has_transparency_data and image.mode != "RGBA":
+        peak = _PEAK_BYTES_PER_PIXEL["transparent"]
+    elif image.mode in _SIXTEEN_BIT_MODES:
+        peak = _PEAK_BYTES_PER_PIXEL["16-bit"]
     else:
-        copies = 3 if image.mode in _SIXTEEN_BIT_MODES else 1
-    return copies + _needs_rotation(image)
+        peak = _PEAK_BYTES_PER_PIXEL.get(image.mode, _PEAK_BYTES_PER_PIXEL["other"])
+    if _needs_rotation(image):
+        peak += _ROTATION_BYTES_PER_PIXEL
+    return _units(image, peak)
+
+
+def _units(image: Image.Image, bytes_per_pixel: int) -> int:
+    return -(-image.width * image.height * bytes_per_pixel // _BUDGET_UNIT_BYTES)
 
 
 def _needs_rotation(image: Image.Image) -> bool:
