@@ -83,6 +83,9 @@ _FINISH_CPU_S_PER_PIXEL = 12e-9
 # A JPEG marker: 0xFF and a byte that is not a stuffed zero, a restart marker or a fill byte.
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_SOS = 0xDA
+# Marker segments walked before decoding: a crafted 10 MB JPEG of 4-byte segments made this
+# Python loop cost ~0.7 s of CPU; real files have tens (progressive ones under a hundred).
+_MAX_JPEG_SEGMENTS = 4096
 _JPEG_EOI = 0xD9
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
@@ -246,8 +249,14 @@ def _check_jpeg_scans(data: bytes, max_scans: int) -> None:
     next marker with one regular-expression search (C speed: ~10 ms for 10 MB). Anything this
     walk cannot follow is left to the decoder, which refuses it as corrupt.
     """
-    scans, position, end = 0, 2, len(data)
+    scans, segments, position, end = 0, 0, 2, len(data)
     while position + 4 <= end:
+        segments += 1
+        if segments > _MAX_JPEG_SEGMENTS:
+            raise UndecodableImage(
+                f"the JPEG has more than {_MAX_JPEG_SEGMENTS} marker segments (cameras write "
+                "a few dozen); re-save it as a plain JPEG"
+            )
         if data[position] != 0xFF:
             return  # not at a marker: corrupt, the decoder says so
         marker = data[position + 1]

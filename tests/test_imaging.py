@@ -317,6 +317,16 @@ def test_jpeg_with_its_last_scan_repeated_is_refused_before_decoding(
     assert loads == [] and cpu < 0.2
 
 
+def test_a_jpeg_of_millions_of_tiny_segments_is_refused_in_milliseconds() -> None:
+    """10 MB of 4-byte COM segments after the SOI: the marker walk stops at its segment cap
+    (it spent ~0.7 s of the 0.8 s CPU budget before decoding started)."""
+    base = encode(Image.new("RGB", (64, 48), RED), "JPEG")
+    data = base[:2] + b"\xff\xfe\x00\x02" * (10_000_000 // 4) + base[2:]
+    answer, cpu = decode_timed(data)
+    assert isinstance(answer, UndecodableImage) and "marker segments" in answer.message
+    assert cpu < 0.05, cpu
+
+
 def test_progressive_jpegs_as_libjpeg_writes_them_decode() -> None:
     for mode in ("RGB", "L", "CMYK"):
         data = encode(Image.new(mode, (64, 48)), "JPEG", progressive=True)
