@@ -160,8 +160,7 @@ def decode_image(
     _check_dimensions(image.size, policy)
     image.decodermaxblock = _DECODE_BLOCK
     if reserve is not None:
-        reserve(_pixels_to_reserve(image))
-    rotation_reserved = _needs_rotation(image)
+        reserve(_pixels_to_reserve(image, _may_have_late_exif(image, data)))
     try:
         # load() is where truncated data shows: a cut JPEG passes Image.verify().
         image.load()
@@ -169,9 +168,6 @@ def decode_image(
         raise PayloadTooLarge("the image has too many pixels") from exc
     except _DECODER_ERRORS as exc:
         raise UndecodableImage("the image data is truncated or corrupt") from exc
-    if reserve is not None and not rotation_reserved and _needs_rotation(image):
-        # A PNG may carry its EXIF orientation after the image data: known only now.
-        reserve(_units(image, _ROTATION_BYTES_PER_PIXEL))
     # The steps below are not interruptible: refuse now if they cannot finish within the budget.
     converts = image.mode != "RGB" or image.has_transparency_data
     budget.check(reserve=image.width * image.height * _FINISH_CPU_S_PER_PIXEL * converts)
@@ -341,7 +337,15 @@ _PEAK_BYTES_PER_PIXEL = {
 _ROTATION_BYTES_PER_PIXEL = 4  # exif_transpose writes a rotated copy: +4.0
 
 
-def _pixels_to_reserve(image: Image.Image) -> int:
+def _may_have_late_exif(image: Image.Image, data: bytes) -> bool:
+    """Whether a PNG may carry EXIF (an orientation) after its pixels, where its header does not
+    show it. Reserving for it only once it is read would make two such requests each hold half
+    the budget and wait for the other's half; a chunk name anywhere in the bytes is enough to
+    reserve up front (compressed data that happens to hold it only costs a larger reservation)."""
+    return image.format == "PNG" and "exif" not in image.info and b"eXIf" in data
+
+
+def _pixels_to_reserve(image: Image.Image, late_exif: bool = False) -> int:
     """The budget's RGB pixels that decoding `image` holds at its peak, from its header."""
     if image.format == "WEBP":
         peak = _PEAK_BYTES_PER_PIXEL["WEBP"]
@@ -351,13 +355,9 @@ def _pixels_to_reserve(image: Image.Image) -> int:
         peak = _PEAK_BYTES_PER_PIXEL["16-bit"]
     else:
         peak = _PEAK_BYTES_PER_PIXEL.get(image.mode, _PEAK_BYTES_PER_PIXEL["other"])
-    if _needs_rotation(image):
+    if late_exif or _needs_rotation(image):
         peak += _ROTATION_BYTES_PER_PIXEL
-    return _units(image, peak)
-
-
-def _units(image: Image.Image, bytes_per_pixel: int) -> int:
-    return -(-image.width * image.height * bytes_per_pixel // _BUDGET_UNIT_BYTES)
+    return -(-image.width * image.height * peak // _BUDGET_UNIT_BYTES)
 
 
 def _needs_rotation(image: Image.Image) -> bool:
