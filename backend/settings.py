@@ -38,7 +38,7 @@ class Settings:
     listed_models: str | None = None
     allow_untrained: bool = False  # only the local run command serves demo weights
     background_load: bool = False  # load after the server is up; /ready tells when done
-    exit_on_load_failure: bool = False  # under gunicorn: a failed load stops the server
+    exit_on_load_failure: bool = False  # served: a failed load stops the process (status 3)
     # How ONNX Runtime runs each model: threads from the CPUs this process may use (cgroup
     # quota included); the rest as measured in benchmarks/RESULTS.md.
     session: SessionSettings = field(default_factory=_default_session)
