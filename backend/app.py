@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app. Models load here (or in the background if configured)."""
     settings = settings or Settings.from_env()
     configure_process(settings.log_level)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # an API: no static files, no such route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # no HTML OPTIONS answers: a JSON 405
     app.json.sort_keys = False

@@ -1,4 +1,9 @@
-"""gunicorn settings for Cloud Run: `gunicorn --config python:backend.gunicorn_conf`.
+"""gunicorn settings: `gunicorn --config python:backend.gunicorn_conf`.
+
+Images and Cloud Run serve with `python -m backend` (backend/server.py: slow clients hold no
+thread, every answer is JSON, the stop answers every request). This config remains for what
+still runs the app under gunicorn: the local run script and the assignment-code baseline of
+the benchmarks.
 
 - One worker per instance, so one copy of the models in memory; Cloud Run scales by
   adding instances. Threads (gthread) serve concurrent requests; the app bounds how many

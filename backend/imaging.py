@@ -83,6 +83,9 @@ _FINISH_CPU_S_PER_PIXEL = 12e-9
 # A JPEG marker: 0xFF and a byte that is not a stuffed zero, a restart marker or a fill byte.
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_SOS = 0xDA
+# Marker segments walked before decoding: a crafted 10 MB JPEG of 4-byte segments made this
+# Python loop cost ~0.7 s of CPU; real files have tens (progressive ones under a hundred).
+_MAX_JPEG_SEGMENTS = 4096
 _JPEG_EOI = 0xD9
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
@@ -141,9 +144,9 @@ def decode_image(
     """Return the first frame of `data` as an upright RGB image, transparency on white.
 
     `reserve(pixels)`, if given, is called with the pixels about to be held, once the header is
-    checked and before any pixel is allocated: the image's pixels times the copies its decode
-    holds at once (`_copies_held`: 1 for plain RGB, up to 4 for a rotated image with alpha).
-    the caller's bound on the pixels in flight (backend.budget) may make it wait there.
+    checked and before any pixel is allocated: the RGB pixels' worth of memory its decode path
+    holds at its peak (`_pixels_to_reserve`, measured: 1x the pixels for a plain RGB JPEG, 5x
+    for any WebP). The caller's bound on the pixels in flight (backend.budget) may wait there.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadRequest("the image must be sent as bytes")
@@ -157,7 +160,7 @@ def decode_image(
     _check_dimensions(image.size, policy)
     image.decodermaxblock = _DECODE_BLOCK
     if reserve is not None:
-        reserve(image.width * image.height * _copies_held(image))
+        reserve(_pixels_to_reserve(image, _may_have_late_exif(image, data)))
     try:
         # load() is where truncated data shows: a cut JPEG passes Image.verify().
         image.load()
@@ -242,8 +245,14 @@ def _check_jpeg_scans(data: bytes, max_scans: int) -> None:
     next marker with one regular-expression search (C speed: ~10 ms for 10 MB). Anything this
     walk cannot follow is left to the decoder, which refuses it as corrupt.
     """
-    scans, position, end = 0, 2, len(data)
+    scans, segments, position, end = 0, 0, 2, len(data)
     while position + 4 <= end:
+        segments += 1
+        if segments > _MAX_JPEG_SEGMENTS:
+            raise UndecodableImage(
+                f"the JPEG has more than {_MAX_JPEG_SEGMENTS} marker segments (cameras write "
+                "a few dozen); re-save it as a plain JPEG"
+            )
         if data[position] != 0xFF:
             return  # not at a marker: corrupt, the decoder says so
         marker = data[position + 1]
@@ -309,16 +318,46 @@ def _check_dimensions(size: tuple[int, int], policy: ImagePolicy) -> None:
         )
 
 
-def _copies_held(image: Image.Image) -> int:
-    """How many buffers the size of the decoded RGB image decoding `image` holds at its peak,
-    from its header: the decode, then any rotation (a copy) and any alpha blend (RGBA and the
-    RGB result). Measured peaks for 36 M pixels: 147 MiB for RGB, 277 rotated, 284 RGBA, 319 P
-    with transparency, 422 LA or 16-bit (converted through a 4-byte mode first)."""
-    if image.has_transparency_data:
-        copies = 2 if image.mode == "RGBA" else 3
+# Peak bytes per pixel while an image is decoded and made RGB, by decode path, measured by
+# benchmarks/decode_memory.py (docs/bad-inputs.md has the table) and rounded up. The budget
+# (backend/budget.py) counts in RGB pixels, which Pillow holds in 4 bytes each.
+_BUDGET_UNIT_BYTES = 4
+_PEAK_BYTES_PER_PIXEL = {
+    "WEBP": 20,  # libwebp's own buffer, Pillow's copy, then RGB: 16.8 lossy, 19.1 lossless
+    "RGB": 4,  # the decode is the result: 4.2 (a JPEG's working rows on top)
+    "RGBA": 8,  # blended onto a new RGB image: 8.0
+    "1": 6,  # the 1-byte decode, then RGB: 5.0 (BMP)
+    "L": 6,  # 5.2 (greyscale JPEG)
+    "P": 9,  # 9.0 (GIF, PNG)
+    "CMYK": 9,  # 8.1 (CMYK JPEG)
+    "transparent": 12,  # LA, P or L with transparency, through RGBA: 9.0-12.0
+    "16-bit": 12,  # through a 4-byte mode, then L, then RGB: 11.0
+    "other": 12,  # YCbCr, LAB...: the most of the above that is not WebP
+}
+_ROTATION_BYTES_PER_PIXEL = 4  # exif_transpose writes a rotated copy: +4.0
+
+
+def _may_have_late_exif(image: Image.Image, data: bytes) -> bool:
+    """Whether a PNG may carry EXIF (an orientation) after its pixels, where its header does not
+    show it. Reserving for it only once it is read would make two such requests each hold half
+    the budget and wait for the other's half; a chunk name anywhere in the bytes is enough to
+    reserve up front (compressed data that happens to hold it only costs a larger reservation)."""
+    return image.format == "PNG" and "exif" not in image.info and b"eXIf" in data
+
+
+def _pixels_to_reserve(image: Image.Image, late_exif: bool = False) -> int:
+    """The budget's RGB pixels that decoding `image` holds at its peak, from its header."""
+    if image.format == "WEBP":
+        peak = _PEAK_BYTES_PER_PIXEL["WEBP"]
+    elif image.has_transparency_data and image.mode != "RGBA":
+        peak = _PEAK_BYTES_PER_PIXEL["transparent"]
+    elif image.mode in _SIXTEEN_BIT_MODES:
+        peak = _PEAK_BYTES_PER_PIXEL["16-bit"]
     else:
-        copies = 3 if image.mode in _SIXTEEN_BIT_MODES else 1
-    return copies + _needs_rotation(image)
+        peak = _PEAK_BYTES_PER_PIXEL.get(image.mode, _PEAK_BYTES_PER_PIXEL["other"])
+    if late_exif or _needs_rotation(image):
+        peak += _ROTATION_BYTES_PER_PIXEL
+    return -(-image.width * image.height * peak // _BUDGET_UNIT_BYTES)
 
 
 def _needs_rotation(image: Image.Image) -> bool:

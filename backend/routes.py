@@ -12,6 +12,7 @@ from backend.imaging import decode_image
 from backend.inference import ms_since as _ms
 from backend.inference import predict, prepare
 from backend.intake import parse_predict_request
+from backend.openapi import openapi_spec
 from backend.services import services
 from backend.urlfetch import fetch_url
 
@@ -45,6 +46,12 @@ def models():
 @api.get("/models/<model_id>")
 def model_metadata(model_id: str):
     return jsonify(services().models.describe(model_id))
+
+
+@api.get("/openapi.json")
+def openapi():
+    """This API's OpenAPI description (backend/openapi.py)."""
+    return jsonify(openapi_spec(services().settings))
 
 
 @api.post("/predict")

@@ -69,11 +69,18 @@ class ServerLimits:
 class _Refusal(Exception):
     """The server answers this request itself, with `status`, and closes the connection."""
 
-    def __init__(self, status: int, message: str | None = None, retry_after: int | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str | None = None,
+        retry_after: int | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.code = code
 
 
 class _Closed(Exception):
@@ -172,6 +179,9 @@ class FrontServer:
                 self._connections[task] = "idle"
         except (_Closed, ConnectionError, h11.LocalProtocolError, TimeoutError):
             return
+        except Exception:  # a bug of this server's: logged, the client told, never a silent cut
+            log.exception("the server failed on a connection", extra={"event": "server_error"})
+            await self._send_error(conn, writer, _Refusal(500))
         finally:
             self._connections.pop(task, None)
             writer.close()
@@ -263,6 +273,7 @@ class FrontServer:
                 503,
                 "the server is receiving as many request bodies as its memory allows; retry",
                 retry_after=1,
+                code="busy",
             )
         self._buffered += size
         return size
@@ -329,7 +340,7 @@ def _next_event(conn: h11.Connection):
 
 def _error_answer(refusal: _Refusal) -> tuple[int, list, bytes]:
     code, message = _REASONS.get(refusal.status, _REASONS[400])
-    body = {"error": {"code": code, "message": refusal.message or message}}
+    body = {"error": {"code": refusal.code or code, "message": refusal.message or message}}
     headers = [(b"Content-Type", b"application/json")]
     if refusal.retry_after is not None:
         headers.append((b"Retry-After", str(refusal.retry_after).encode()))

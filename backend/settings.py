@@ -38,7 +38,7 @@ class Settings:
     listed_models: str | None = None
     allow_untrained: bool = False  # only the local run command serves demo weights
     background_load: bool = False  # load after the server is up; /ready tells when done
-    exit_on_load_failure: bool = False  # under gunicorn: a failed load stops the server
+    exit_on_load_failure: bool = False  # served: a failed load stops the process (status 3)
     # How ONNX Runtime runs each model: threads from the CPUs this process may use (cgroup
     # quota included); the rest as measured in benchmarks/RESULTS.md.
     session: SessionSettings = field(default_factory=_default_session)
@@ -78,6 +78,7 @@ class Settings:
         reader = _Reader(env)
         session = SessionSettings()  # the defaults, read below
         image_mb = reader.integer("MAX_IMAGE_MB", MAX_IMAGE_MB, minimum=1)
+        threads = reader.integer("GUNICORN_THREADS", cls.gunicorn_threads, minimum=1)
         if image_mb > MAX_IMAGE_MB:
             raise SettingsError(
                 f"MAX_IMAGE_MB={image_mb} is over the shared limit of {MAX_IMAGE_MB} MB "
@@ -117,11 +118,13 @@ class Settings:
                 "GRACEFUL_TIMEOUT_S", cls.graceful_timeout_s, minimum=1
             ),
             port=reader.integer("PORT", cls.port, minimum=1),
-            gunicorn_threads=reader.integer("GUNICORN_THREADS", cls.gunicorn_threads, minimum=1),
+            gunicorn_threads=threads,
             header_timeout_s=reader.number("HEADER_TIMEOUT_S", cls.header_timeout_s),
             body_timeout_s=reader.number("BODY_TIMEOUT_S", cls.body_timeout_s),
             buffered_bytes_max=reader.integer(
-                "BUFFERED_BYTES_MAX", cls.buffered_bytes_max, minimum=MAX_REQUEST_BYTES
+                "BUFFERED_BYTES_MAX",
+                threads * max_request_bytes(image_mb * 1024 * 1024),
+                minimum=max_request_bytes(image_mb * 1024 * 1024),
             ),
             log_level=reader.text("LOG_LEVEL", "INFO").upper(),
             google_cloud_project=reader.text("GOOGLE_CLOUD_PROJECT", "") or None,

@@ -160,6 +160,30 @@ def test_a_request_with_no_room_in_time_gets_503_with_retry_after(bundles_dir):
     assert budget.free == 1000
 
 
+def test_pngs_whose_exif_follows_their_pixels_are_all_served_not_stuck_on_each_other(bundles_dir):
+    """Each reserves its rotation up front: had they reserved it once the EXIF was read, two
+    of them would each hold half the budget and wait on the other's half until 503."""
+    from benchmarks.decode_memory import exif_after_image_data
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = exif_after_image_data(_png(1000, 1000), exif.tobytes().removeprefix(b"Exif\x00\x00"))
+    app = _app(bundles_dir, decode_budget_pixels=3_000_000, decode_wait_s=3)
+    client = app.test_client
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(
+            pool.map(
+                lambda _: (
+                    client()
+                    .post("/predict", data={"image": (io.BytesIO(data), "late.png")})
+                    .status_code
+                ),
+                range(4),
+            )
+        )
+    assert statuses == [200] * 4
+
+
 def test_an_undecodable_image_gives_its_pixels_back(bundles_dir):
     app = _app(bundles_dir, decode_budget_pixels=10_000_000, decode_wait_s=1)
     data = _png(2000, 2000)

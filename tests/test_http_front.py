@@ -206,3 +206,28 @@ def test_every_answer_to_an_odd_request_is_json_never_a_500(backend, case):
         error = json.loads(body)["error"]
         assert error["code"] and error["message"]
     assert requests.get(f"{backend.url}/health", timeout=5).status_code == 200
+
+
+def test_bodies_past_the_buffered_bytes_bound_are_503_busy(bundles_dir, tmp_path):
+    """The bodies being received, all connections together, stay within BUFFERED_BYTES_MAX:
+    one request's worth here; a second body arriving meanwhile is refused, not buffered."""
+    server = start_backend(
+        bundles_dir, tmp_path / "log.txt", MODELS="resnet18", MAX_IMAGE_MB="1",
+        BUFFERED_BYTES_MAX=str(1024 * 1024 + 64 * 1024),
+    )  # fmt: skip
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000\r\n\r\n"
+    )
+    try:
+        server.wait_ready()
+        with _connect(server.url) as first:
+            first.sendall(head + b"a" * 900_000)  # most of its body, held in the server
+            time.sleep(0.5)
+            status, headers, body = _exchange(server.url, head + b"b" * 1_000_000)
+        assert status == 503, body
+        assert json.loads(body)["error"]["code"] == "busy"
+        assert headers["retry-after"] == "1"
+        assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+    finally:
+        server.stop()

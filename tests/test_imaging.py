@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import struct
+import tempfile
 import time
 import warnings
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -315,6 +317,16 @@ def test_jpeg_with_its_last_scan_repeated_is_refused_before_decoding(
     assert loads == [] and cpu < 0.2
 
 
+def test_a_jpeg_of_millions_of_tiny_segments_is_refused_in_milliseconds() -> None:
+    """10 MB of 4-byte COM segments after the SOI: the marker walk stops at its segment cap
+    (it spent ~0.7 s of the 0.8 s CPU budget before decoding started)."""
+    base = encode(Image.new("RGB", (64, 48), RED), "JPEG")
+    data = base[:2] + b"\xff\xfe\x00\x02" * (10_000_000 // 4) + base[2:]
+    answer, cpu = decode_timed(data)
+    assert isinstance(answer, UndecodableImage) and "marker segments" in answer.message
+    assert cpu < 0.05, cpu
+
+
 def test_progressive_jpegs_as_libjpeg_writes_them_decode() -> None:
     for mode in ("RGB", "L", "CMYK"):
         data = encode(Image.new(mode, (64, 48)), "JPEG", progressive=True)
@@ -473,3 +485,30 @@ def test_damaged_images_give_an_image_or_a_client_error(data: bytes) -> None:
 )
 def test_content_type_filter(content_type: str | None, expected: bool) -> None:
     assert is_image_content_type(content_type) is expected
+
+
+# --- memory: what a decode holds at its peak is what it reserves ----------------------------
+
+
+def _reserved_bytes_per_pixel(data: bytes) -> float:
+    held: list[int] = []
+    image = decode_image(data, ImagePolicy(max_decode_cpu_s=1e9), reserve=held.append)
+    return sum(held) * 4 / (image.width * image.height)  # the budget counts 4-byte RGB pixels
+
+
+@pytest.mark.slow
+def test_every_decode_path_reserves_at_least_its_measured_peak_memory():
+    """The pixel budget bounds memory only if each decode reserves what it really holds:
+    measured per path in a fresh process (benchmarks/decode_memory.py), WebP's ~4 copies, CMYK
+    and greyscale JPEG's 1-byte decode, and a PNG whose EXIF orientation follows its pixels
+    included."""
+    from benchmarks.decode_memory import inputs, measure
+
+    short = {}
+    for name, data in inputs(2048).items():
+        path = Path(tempfile.mkdtemp()) / "image"
+        path.write_bytes(data)
+        measured, reserved = measure(path), _reserved_bytes_per_pixel(data)
+        if measured > reserved * 1.1:  # 10 %: libjpeg's rows, the allocator's rounding at 4 MP
+            short[name] = (round(measured, 1), reserved)
+    assert not short, f"measured peak over what is reserved, bytes/pixel: {short}"

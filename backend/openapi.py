@@ -1,0 +1,146 @@
+"""The backend's OpenAPI 3.1 description, served at GET /openapi.json.
+
+Written by hand beside the routes (backend/routes.py) and checked against them: the tests
+compare its paths and methods with the app's URL map, validate it, and fuzz the API from it
+(schemathesis: no answer may be a 5xx the server did not mean).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backend.settings import Settings
+
+_ERROR_STATUSES = {
+    "400": "a client mistake: malformed body, both or neither of url/image, bad top_k or URL",
+    "404": "unknown model (the message lists the valid ids)",
+    "413": "the body or the image is over its limit, or the image has too many pixels",
+    "415": "not JSON or multipart, or not an image in a supported format",
+    "422": "the image cannot be decoded, has an unusable shape, or costs too much to decode",
+    "502": "the image URL's server failed or sent something malformed",
+    "503": "not ready yet, busy (Retry-After), or shutting down (Retry-After)",
+    "504": "the image URL's server did not answer in time",
+}
+
+
+def openapi_spec(settings: Settings) -> dict[str, Any]:
+    """The description of every route, with this instance's limits."""
+    error = {"$ref": "#/components/schemas/Error"}
+    model_id = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    options = {
+        "model": {"type": "string", "description": "a model id of GET /models"},
+        "top_k": {"type": "integer", "minimum": 1, "maximum": settings.max_top_k, "default": 5},
+    }
+    predict = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["url"],
+                        "properties": {"url": {"type": "string", "format": "uri"}, **options},
+                    }
+                },
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image"],
+                        "properties": {
+                            "image": {"type": "string", "format": "binary"},
+                            **options,
+                        },
+                    }
+                },
+            },
+        },
+        "responses": {
+            "200": _json("the top-k classes", {"$ref": "#/components/schemas/Prediction"}),
+            **{status: _json(text, error) for status, text in _ERROR_STATUSES.items()},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Baked Vision backend", "version": "1"},
+        "paths": {
+            "/health": {"get": _get("liveness: the process serves HTTP", {"type": "object"})},
+            "/ready": {
+                "get": _get(
+                    "every model loaded and warmed up",
+                    {"type": "object"},
+                    {"503": _json("still loading", error)},
+                )
+            },
+            "/hello": {"get": _get("a greeting (kept from the assignment)", {"type": "string"})},
+            "/models": {
+                "get": _get(
+                    "model ids, the default first",
+                    {"type": "array", "items": {"type": "string"}},
+                )
+            },
+            "/models/{model_id}": {
+                "get": {
+                    **_get("one model's metadata", {"type": "object"}),
+                    "parameters": [model_id],
+                    "responses": {
+                        "200": _json("one model's metadata", {"type": "object"}),
+                        "404": _json("unknown model", error),
+                    },
+                }
+            },
+            "/predict": {"post": predict},
+            "/model/{model_id}/predict": {"post": {**predict, "parameters": [model_id]}},
+            "/openapi.json": {"get": _get("this description", {"type": "object"})},
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        }
+                    },
+                },
+                "Prediction": {
+                    "type": "object",
+                    "required": ["model", "category", "predictions", "timings_ms"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "category": {"type": "string"},
+                        "predictions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["label", "index", "probability"],
+                                "properties": {
+                                    "label": {"type": "string"},
+                                    "index": {"type": "integer"},
+                                    "probability": {"type": "number"},
+                                },
+                            },
+                        },
+                        "timings_ms": {"type": "object"},
+                        "untrained": {"type": "boolean"},
+                    },
+                },
+            }
+        },
+    }
+
+
+def _json(description: str, schema: dict) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _get(description: str, schema: dict, more: dict | None = None) -> dict:
+    return {
+        "summary": description,
+        "responses": {"200": _json(description, schema), **(more or {})},
+    }
