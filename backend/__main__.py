@@ -2,13 +2,13 @@
 
 Start and stop are one state machine, because Cloud Run stops instances at any moment, starting
 ones included (scale-in, deploys): SIGTERM while importing, reading settings or checking the
-bundles ends the process at once; while the models load (verify, open, warm up: a background
-thread, /ready says when it is done) or while serving, the server stops taking connections,
-the loader ends at its next step, and every request held is answered within the graceful stop
-(backend/server.py). Either way: one log line saying what was interrupted, exit status 0, well
-inside Cloud Run's 10 s. The process ends with `os._exit` once everything is answered and the
-logs are flushed: no interpreter teardown runs under ONNX Runtime's threads or a loader still
-opening a session.
+bundles ends the process at the end of that step (a fraction of a second); while the models
+load (verify, open, warm up: a background thread, /ready says when it is done) or serving,
+the server stops taking connections, the loader ends at its next step, and every request held
+is answered within the graceful stop (backend/server.py). Either way: one log line saying what
+was interrupted, exit status 0, well inside Cloud Run's 10 s. The process ends with `os._exit`
+once everything is answered and the logs are flushed: no interpreter teardown runs under ONNX
+Runtime's threads or a loader still opening a session.
 
 A wrong setting or a missing bundle: one clear log line, exit status 1.
 """
@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import signal  # first: until the handler below is in place, SIGTERM kills the process outright
 
-_pending: list[str] = []  # a signal that came before `main` could act on it
-_armed = False
+# Signals that came before the server listened. The handler only notes them: raised inside an
+# import, an exception is turned into another by the importing module (numpy's "import numpy
+# failed"); the start checks for them between its steps instead, each a fraction of a second.
+_pending: list[str] = []
 
 
 class _Stopped(BaseException):
@@ -26,11 +28,7 @@ class _Stopped(BaseException):
 
 
 def _stop_now(signum: int, _frame) -> None:
-    name = signal.Signals(signum).name
-    if not _armed:
-        _pending.append(name)
-        return
-    raise _Stopped(name)
+    _pending.append(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
@@ -49,24 +47,27 @@ log = logging.getLogger("backend")
 
 def main(before_exit: Callable[[], None] | None = None) -> None:
     """Serve until SIGTERM; `before_exit` runs last (tests list the modules loaded)."""
-    global _armed
     signal.signal(signal.SIGTERM, _stop_now)
     signal.signal(signal.SIGINT, _stop_now)
     configure_logging(os.environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO")
     step, code = ["importing"], 0
     refusals: tuple[type[Exception], ...] = ()  # none until the modules that raise them load
-    try:
-        _armed = True
+
+    def next_step(name: str) -> None:
+        """Stop here if a signal came during the step that ended; else begin `name`."""
         if _pending:
             raise _Stopped(_pending[0])
+        step[0] = name
+
+    try:
         from backend.launch import REFUSALS, serve
         from backend.settings import Settings
 
         refusals = REFUSALS
-        step[0] = "reading settings"
+        next_step("reading settings")
         settings = Settings.from_env()
-        step[0] = "checking the bundles"
-        code = serve(settings, step=lambda now: step.__setitem__(0, now))
+        next_step("checking the bundles")
+        code = serve(settings, step=next_step, stop_requested=lambda: bool(_pending))
     except _Stopped as stopped:
         log.info(
             "stopped by %s while %s",

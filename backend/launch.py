@@ -26,8 +26,16 @@ _KEEPALIVE_S = 5.0  # an idle connection between two requests, as gunicorn's def
 _LISTEN_BACKLOG = 2048
 
 
-def serve(settings: Settings, step: Callable[[str], None] = lambda _: None) -> int:
-    """Load the models in the background, serve until SIGTERM, stop; the exit status."""
+def serve(
+    settings: Settings,
+    step: Callable[[str], None] = lambda _: None,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> int:
+    """Load the models in the background, serve until SIGTERM, stop; the exit status.
+
+    `step(name)` is told each step as it begins (it may raise to stop the start there);
+    `stop_requested()` says whether a signal came before the server took signals over.
+    """
     app = create_app(replace(settings, background_load=True, exit_on_load_failure=True))
     serving = services(app)
     step("binding the port")
@@ -46,12 +54,14 @@ def serve(settings: Settings, step: Callable[[str], None] = lambda _: None) -> i
         ),
         stop_signal=serving.stop_signal,
     )
-    stopped_at = asyncio.run(_run(server, serving.models))
+    stopped_at = asyncio.run(_run(server, serving.models, stop_requested))
     _wait_for_loader(stopped_at + settings.graceful_timeout_s - 0.5)
     return 0
 
 
-async def _run(server: FrontServer, models: ModelRegistry) -> float:
+async def _run(
+    server: FrontServer, models: ModelRegistry, stop_requested: Callable[[], bool]
+) -> float:
     """Serve until a signal; when the stop began (time.monotonic)."""
     loop = asyncio.get_running_loop()
     stopped_at: list[float] = []
@@ -75,6 +85,8 @@ async def _run(server: FrontServer, models: ModelRegistry) -> float:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if stop_requested():  # a signal between the last step and the handlers above
+        loop.call_soon(on_signal, signal.SIGTERM)
     await server.run(on_stop=models.stop)
     return stopped_at[0] if stopped_at else time.monotonic()
 

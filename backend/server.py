@@ -40,6 +40,7 @@ log = logging.getLogger("backend.server")
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 _READ_SIZE = 64 * 1024
+_LINGER_S = 2.0  # after refusing a request, how long its remaining bytes are read and dropped
 _MAX_TARGET_BYTES = 8 * 1024  # the path and query: ours are short; 8 KB as most servers
 _REASONS = {
     400: ("bad_request", "the request is not valid HTTP/1.1"),
@@ -162,12 +163,12 @@ class FrontServer:
                 try:
                     request, body = await self._read_request(conn, reader, writer, task)
                 except _Refusal as refusal:
-                    await self._send_error(conn, writer, refusal)
+                    await self._send_error(conn, reader, writer, refusal)
                     return
                 except asyncio.CancelledError:  # the server is stopping
                     task.uncancel()
                     if self._connections.get(task) == "reading":  # a request had begun: answer
-                        await self._send_error(conn, writer, _Refusal(503, retry_after=1))
+                        await self._send_error(conn, reader, writer, _Refusal(503, retry_after=1))
                     return
                 self._connections[task] = "busy"
                 status, headers, payload = await self._dispatch(request, body, peer)
@@ -181,7 +182,7 @@ class FrontServer:
             return
         except Exception:  # a bug of this server's: logged, the client told, never a silent cut
             log.exception("the server failed on a connection", extra={"event": "server_error"})
-            await self._send_error(conn, writer, _Refusal(500))
+            await self._send_error(conn, reader, writer, _Refusal(500))
         finally:
             self._connections.pop(task, None)
             writer.close()
@@ -313,18 +314,26 @@ class FrontServer:
             return False
         return True
 
-    async def _send_error(self, conn: h11.Connection, writer, refusal: _Refusal) -> None:
+    async def _send_error(self, conn: h11.Connection, reader, writer, refusal: _Refusal) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # an answer was begun: nothing more can be said
         status, headers, payload = _error_answer(refusal)
         headers.append((b"Connection", b"close"))
         headers.append((b"Content-Length", str(len(payload)).encode()))
-        with contextlib.suppress(h11.LocalProtocolError, ConnectionError, TimeoutError):
+        with contextlib.suppress(h11.LocalProtocolError, ConnectionError, TimeoutError, OSError):
             writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
             writer.write(conn.send(h11.Data(data=payload)))
             writer.write(conn.send(h11.EndOfMessage()))
             async with asyncio.timeout(1):
                 await writer.drain()
+            # Lingering close: a client still sending the body we refused would get a reset on
+            # close, and a reset can discard our answer before it reads it. Half-close, then
+            # drop what it still sends, for a moment.
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(_LINGER_S):
+                while await reader.read(_READ_SIZE):
+                    pass
 
 
 def _next_event(conn: h11.Connection):
