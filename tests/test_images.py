@@ -294,6 +294,5 @@ def test_base_builds_run_on_cloud_builds_network_where_credentials_are():
     # server, which only the cloudbuild network reaches; both builds of base.sh (the stage and
     # the base) may fetch, so both pass it.
     text = (ROOT / "deployment/steps/base.sh").read_text()
-    builds = [line for line in text.splitlines() if line.strip().startswith("docker build")]
-    assert len(builds) == 2 and all('"${build_args[@]}"' in line for line in builds)
+    assert text.count("docker build ") == text.count('"${build_args[@]}"') == 2
     assert "build_args=(--network=cloudbuild)" in text
