@@ -27,12 +27,15 @@ DOCKER = "/usr/bin/docker"  # Debian's 20.10 client, Cloud Build's; /usr/local/b
 BUILDER = "gcr.io/cloud-builders/docker"
 TOOLS = ("dockerd", "docker-registry", "busybox")  # scripts/install-system-packages.sh
 PATH_ENV = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The one difference from Cloud Build: there, `docker build` runs on the `cloudbuild` network;
-# here a build must reach the weights origin and the registry on 127.0.0.1, and this dockerd has
-# no bridge network (--bridge=none), so the stand-in builder's docker adds --network host.
+# The one difference from Cloud Build: there, base.sh's `docker build --network=cloudbuild` runs
+# on the network with Google's metadata server (credentials for gs:// weights); here a build
+# must reach the weights origin and the registry on 127.0.0.1, and this dockerd has no bridge
+# network (--bridge=none), so the stand-in builder's docker builds on the host's network.
 DOCKER_WRAPPER = """#!/bin/bash
-if [[ "${1:-}" == build ]]; then shift; exec /usr/bin/docker.real build --network host "$@"; fi
-exec /usr/bin/docker.real "$@"
+if [[ "${1:-}" != build ]]; then exec /usr/bin/docker.real "$@"; fi
+args=()
+for arg in "${@:2}"; do [[ "${arg}" == --network=cloudbuild ]] || args+=("${arg}"); done
+exec /usr/bin/docker.real build --network host "${args[@]}"
 """
 
 

@@ -287,3 +287,12 @@ def test_image_builds_fetch_frozen_once_the_lock_is_committed(tmp_path, committe
 def test_deployment_scripts_pass_shellcheck(path):
     result = subprocess.run([tool("shellcheck"), str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_base_builds_run_on_cloud_builds_network_where_credentials_are():
+    # A gs:// weights file is read with the build account's credentials, from the metadata
+    # server, which only the cloudbuild network reaches; both builds of base.sh (the stage and
+    # the base) may fetch, so both pass it.
+    text = (ROOT / "deployment/steps/base.sh").read_text()
+    assert text.count("docker build ") == text.count('"${build_args[@]}"') == 2
+    assert "build_args=(--network=cloudbuild)" in text

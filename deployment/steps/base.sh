@@ -51,7 +51,9 @@ else
     echo "could not pull ${base} ($(head -n 1 "${errors}")): building it; to find it next" \
       "time, the build's account needs roles/artifactregistry.reader" >&2
   fi
-  build_args=()
+  # The cloudbuild network reaches the metadata server: a gs:// weights file is read with the
+  # build account's credentials (README, "Your own classifier").
+  build_args=(--network=cloudbuild)
   for arg in "${args[@]}"; do build_args+=(--build-arg "${arg}"); done
   docker pull --quiet "${image}:latest" || echo "no ${image}:latest yet: a first build"
   cache=(--cache-from "${image}:latest")
