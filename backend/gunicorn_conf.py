@@ -26,7 +26,7 @@ wsgi_app = "backend.app:create_production_app()"
 bind = f"0.0.0.0:{_settings.port}"
 worker_class = "gthread"
 workers = 1
-threads = _settings.gunicorn_threads
+threads = _settings.request_threads
 preload_app = False
 # Loading big models happens in a background thread after the worker is up, so the
 # worker heartbeat is never blocked; the timeout only catches a hung worker.

@@ -42,7 +42,7 @@ def serve(
     server = FrontServer(
         app,
         _listening_socket(settings.port),
-        threads=settings.gunicorn_threads,
+        threads=settings.request_threads,
         limits=ServerLimits(
             header_timeout_s=settings.header_timeout_s,
             body_timeout_s=settings.body_timeout_s,

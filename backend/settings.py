@@ -59,7 +59,7 @@ class Settings:
     url_total_timeout_s: float = TIMING.fetch_s  # the whole download, redirects included
     graceful_timeout_s: int = TIMING.graceful_stop_s  # gunicorn takes whole seconds
     port: int = 8080
-    gunicorn_threads: int = 8  # request threads (backend/server.py), one request each
+    request_threads: int = 8  # request threads (backend/server.py), one request each
     # What a client may take to send its request (backend/server.py). The event loop reads it,
     # not a thread, so a slow client costs a socket and its bytes, never a request thread.
     header_timeout_s: float = 10.0  # request line and headers, from their first byte
@@ -78,7 +78,7 @@ class Settings:
         reader = _Reader(env)
         session = SessionSettings()  # the defaults, read below
         image_mb = reader.integer("MAX_IMAGE_MB", MAX_IMAGE_MB, minimum=1)
-        threads = reader.integer("GUNICORN_THREADS", cls.gunicorn_threads, minimum=1)
+        threads = reader.integer("REQUEST_THREADS", cls.request_threads, minimum=1)
         if image_mb > MAX_IMAGE_MB:
             raise SettingsError(
                 f"MAX_IMAGE_MB={image_mb} is over the shared limit of {MAX_IMAGE_MB} MB "
@@ -118,7 +118,7 @@ class Settings:
                 "GRACEFUL_TIMEOUT_S", cls.graceful_timeout_s, minimum=1
             ),
             port=reader.integer("PORT", cls.port, minimum=1),
-            gunicorn_threads=threads,
+            request_threads=threads,
             header_timeout_s=reader.number("HEADER_TIMEOUT_S", cls.header_timeout_s),
             body_timeout_s=reader.number("BODY_TIMEOUT_S", cls.body_timeout_s),
             buffered_bytes_max=reader.integer(

@@ -128,7 +128,7 @@ def backend(
                 "BUNDLES_DIR": str(bundles_dir),
                 "MODELS": ",".join(ids),
                 "ALLOW_UNTRAINED_WEIGHTS": "1",
-                "GUNICORN_THREADS": str(threads),
+                "REQUEST_THREADS": str(threads),
                 **(env or {}),
             },
             work / f"memory-{kind}.log",

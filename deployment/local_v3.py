@@ -1,7 +1,7 @@
 """Run v3 on this machine: one backend process per model behind nginx, plus the frontend.
 
 The same routing table as the Google API Gateway spec (deployment/gateway.py), rendered for
-nginx; each backend is gunicorn with the production config and `MODELS=<one id>`.
+nginx; each backend is `python -m backend`, as in production, and `MODELS=<one id>`.
 
     uv run python deployment/local_v3.py --bundles-dir .local/bundles --models small
         [--port 8080] [--frontend-port 8501] [--allow-untrained]

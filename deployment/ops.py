@@ -190,7 +190,7 @@ def deploy_backends(
             ) from None
     services = spec.backend_services(variant, models)
     for service, model in services.items():
-        env = {"MODELS": model or variant.model_set, "GUNICORN_THREADS": str(spec.THREADS)}
+        env = {"MODELS": model or variant.model_set, "REQUEST_THREADS": str(spec.THREADS)}
         if model:  # GET /models lists the whole set, whichever service answers it
             env["LISTED_MODELS"] = ",".join(models)
         env["GOOGLE_CLOUD_PROJECT"] = project.id  # Cloud Run does not set it; the logs need it

@@ -34,7 +34,7 @@ class Size:
 # load"): the worker's peak when every request thread sends the worst image the limits admit,
 # plus ~40 MiB for gunicorn's master, times 1.5 for what this machine cannot show (another CPU,
 # another allocator), rounded up to 512 MiB. The container tests run the images with them.
-# Each backend instance takes 8 requests at once, one gunicorn thread each (GUNICORN_THREADS):
+# Each backend instance takes 8 requests at once, one request thread each (REQUEST_THREADS):
 # more would queue inside the instance instead of making Cloud Run start another.
 THREADS = 8
 BACKEND_SIZES = {

@@ -46,7 +46,7 @@ def bundles_dir(baked_dir: Path, weights_origin: WeightsOrigin, tmp_path_factory
 
 @pytest.fixture(scope="session")
 def backend_server(bundles_dir: Path, tmp_path_factory):
-    """A real gunicorn backend serving resnet18 and mobilenet_v3_large, ready.
+    """A real backend (python -m backend) serving resnet18 and mobilenet_v3_large, ready.
 
     Image URLs on 127.0.0.1 (any port) are allowed, as for local development.
     """

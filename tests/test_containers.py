@@ -474,7 +474,7 @@ def test_backend_stays_inside_its_cloud_run_memory_under_the_worst_load(
     containers.podman(
         "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
         "--memory", f"{limit}m", "--memory-swap", f"{limit}m", "--cpus", cpus,
-        "-e", "ALLOW_UNTRAINED_WEIGHTS=1", "-e", f"GUNICORN_THREADS={threads}", tags["code"],
+        "-e", "ALLOW_UNTRAINED_WEIGHTS=1", "-e", f"REQUEST_THREADS={threads}", tags["code"],
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

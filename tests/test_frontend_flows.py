@@ -1,4 +1,4 @@
-"""The page against the real backend (gunicorn, two models): v1, v2 sessions, v3 gateway."""
+"""The page against the real backend (two models): v1, v2 sessions, the v3 gateway."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def test_dry_run_prints_every_command_and_runs_none(tmp_path):
     assert any(
         f"-m bake --models resnet152 --weights {weights} --dest {bundles}" in line for line in lines
     )
-    (backend,) = [line for line in lines if "-m gunicorn" in line]
+    (backend,) = [line for line in lines if "-m backend" in line]
     assert f"BUNDLES_DIR={bundles}" in backend and "PORT=9001" in backend
     assert "MODELS=resnet152" in backend
     (frontend,) = [line for line in lines if "-m frontend" in line]
@@ -94,7 +94,7 @@ def test_dry_run_prints_every_command_and_runs_none(tmp_path):
 
 def test_dry_run_of_v2_serves_the_v2_set_with_a_picker():
     lines = run("--dry-run", "--version", "v2").stdout.splitlines()
-    assert any("MODELS=v2" in line and "-m gunicorn" in line for line in lines)
+    assert any("MODELS=v2" in line and "-m backend" in line for line in lines)
     assert any("MODEL_PICKER=on" in line and "-m frontend" in line for line in lines)
 
 

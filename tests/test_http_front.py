@@ -18,7 +18,7 @@ from tests.upstream import PNG_BYTES
 
 pytestmark = pytest.mark.slow
 
-THREADS = 8  # the server's request threads (GUNICORN_THREADS' default)
+THREADS = 8  # the server's request threads (REQUEST_THREADS's default)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def test_the_read_deadlines_and_the_buffered_bytes_come_from_the_environment(tmp
     )
     assert settings.header_timeout_s == 2.5 and settings.body_timeout_s == 30
     assert settings.buffered_bytes_max == 2 * MAX_REQUEST_BYTES
-    defaults = Settings.from_env({"BUNDLES_DIR": str(tmp_path), "GUNICORN_THREADS": "3"})
+    defaults = Settings.from_env({"BUNDLES_DIR": str(tmp_path), "REQUEST_THREADS": "3"})
     assert defaults.buffered_bytes_max == 3 * MAX_REQUEST_BYTES  # each thread's next request
 
 
