@@ -395,3 +395,19 @@ def test_the_log_names_the_models_labels(own_backend):
         if '"event": "model_loaded"' in line
     ]
     assert {entry["model"]: entry["labels"] for entry in loaded}["shapes"] == LABELS
+
+
+def test_the_page_shows_the_models_own_labels(own_backend, monkeypatch):
+    from tests.frontend_page import chart_rows, classify_upload, open_page, reset_page, texts
+
+    reset_page(monkeypatch)
+    monkeypatch.setenv("SERVING_URL", own_backend.url)
+    monkeypatch.setenv("MODEL_PICKER", "off")
+    image, _ = pictures(1, seed=3)[0]
+    expected = _predict(own_backend, image)
+    at = classify_upload(open_page(), "mine.png", _png(image), "image/png")
+    assert not at.exception and not at.error
+    assert any("one of 4 categories" in m for m in texts(at.markdown) + texts(at.caption))
+    assert [row for row, _ in chart_rows(at)] == [p["label"] for p in expected["predictions"]]
+    assert {row for row, _ in chart_rows(at)} == set(LABELS)  # top_k clamped to its 4 classes
+    assert any(f"**{expected['category']}**" in m for m in texts(at.markdown))
