@@ -31,9 +31,19 @@ def _stop_now(signum: int, _frame) -> None:
     _pending.append(signal.Signals(signum).name)
 
 
+def _note_stops() -> None:
+    """Note SIGTERM and SIGINT, with interrupted system calls restarted (SA_RESTART), as
+    asyncio does for its own handlers: the handler only notes the signal, and C or C++ code
+    that does not retry a call ended by EINTR would fail instead. (Once in a CI run, a SIGTERM
+    0.3 s after launch failed onnxruntime's import, "ImportError: initialization failed", exit
+    1; not reproduced on demand, this is its likely cause.)"""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_now)
+        signal.siginterrupt(signum, False)
+
+
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _stop_now)
-    signal.signal(signal.SIGINT, _stop_now)
+    _note_stops()
 
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -47,8 +57,7 @@ log = logging.getLogger("backend")
 
 def main(before_exit: Callable[[], None] | None = None) -> None:
     """Serve until SIGTERM; `before_exit` runs last (tests list the modules loaded)."""
-    signal.signal(signal.SIGTERM, _stop_now)
-    signal.signal(signal.SIGINT, _stop_now)
+    _note_stops()
     configure_logging(os.environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO")
     step, code = ["importing"], 0
     refusals: tuple[type[Exception], ...] = ()  # none until the modules that raise them load
