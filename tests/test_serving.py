@@ -104,25 +104,35 @@ def test_the_server_reports_ready_only_after_warm_up_then_predicts(bundles_dir, 
         backend.stop()
 
 
+def _answer_png(request) -> None:
+    """Answer an upstream request with a small PNG."""
+    request.send_response(200)
+    request.send_header("Content-Type", "image/png")
+    request.send_header("Content-Length", str(len(PNG_BYTES)))
+    request.end_headers()
+    request.wfile.write(PNG_BYTES)
+
+
+def _backend_fetching_from(upstream, bundles_dir, log_path):
+    """A backend serving resnet18 that may fetch image URLs from `upstream` on 127.0.0.1."""
+    return start_backend(
+        bundles_dir,
+        log_path,
+        MODELS="resnet18",
+        URL_ALLOW_LOOPBACK="1",
+        URL_ALLOWED_PORTS=str(upstream.port),
+    )
+
+
 def test_sigterm_lets_the_request_in_flight_finish(bundles_dir, tmp_path):
     with upstream_server() as upstream:
 
         def slow_image(request):  # answers after 2 s, well inside the 10 s Cloud Run allows
             time.sleep(2)
-            request.send_response(200)
-            request.send_header("Content-Type", "image/png")
-            request.send_header("Content-Length", str(len(PNG_BYTES)))
-            request.end_headers()
-            request.wfile.write(PNG_BYTES)
+            _answer_png(request)
 
         upstream.add_route("/slow.png", slow_image)
-        backend = start_backend(
-            bundles_dir,
-            tmp_path / "log.txt",
-            MODELS="resnet18",
-            URL_ALLOW_LOOPBACK="1",
-            URL_ALLOWED_PORTS=str(upstream.port),
-        )
+        backend = _backend_fetching_from(upstream, bundles_dir, tmp_path / "log.txt")
         try:
             backend.wait_ready()
             result: dict = {}
@@ -155,20 +165,10 @@ def test_sigterm_with_downloads_in_flight_answers_every_one_before_exiting(bundl
         def slower_than_the_stop(request):
             if upstream.stopping.wait(9.5):
                 return
-            request.send_response(200)
-            request.send_header("Content-Type", "image/png")
-            request.send_header("Content-Length", str(len(PNG_BYTES)))
-            request.end_headers()
-            request.wfile.write(PNG_BYTES)
+            _answer_png(request)
 
         upstream.add_route("/late.png", slower_than_the_stop)
-        backend = start_backend(
-            bundles_dir,
-            tmp_path / "log.txt",
-            MODELS="resnet18",
-            URL_ALLOW_LOOPBACK="1",
-            URL_ALLOWED_PORTS=str(upstream.port),
-        )
+        backend = _backend_fetching_from(upstream, bundles_dir, tmp_path / "log.txt")
         try:
             backend.wait_ready()
             url = {"url": upstream.url("/late.png")}
