@@ -144,7 +144,8 @@ def _photo(grain: float) -> Image.Image:
 
 
 def _post(url: str, model: str, data: bytes, kind: str) -> str:
-    """The answer's status, with the error code of a 503 (e.g. "503 busy")."""
+    """The answer's status, with the error code of a 503 (e.g. "503 busy") and "422 cpu" for
+    a decode refused for its CPU time."""
     fmt = kind.split("-")[0]
     response = requests.post(
         f"{url}/predict",
@@ -154,6 +155,8 @@ def _post(url: str, model: str, data: bytes, kind: str) -> str:
     )
     if response.status_code == 503:
         return f"503 {response.json()['error']['code']}"
+    if response.status_code == 422 and "of CPU" in response.json()["error"]["message"]:
+        return "422 cpu"  # refused by the decode's CPU budget (backend/imaging.py)
     return str(response.status_code)
 
 

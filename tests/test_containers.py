@@ -491,6 +491,12 @@ MEMORY_SHARE = 0.9
 # Every request thread sends each kind once, all at once: the deployed concurrency. A second
 # round only repeats the first (the memory goes back between them), at CI's cost.
 ROUNDS = 1
+# The kinds that peak highest, on every model: a kind's peak is the model's settled memory and
+# forward passes (the same for every kind) plus the kind's own decode and bodies (the same on
+# every model), so the order of the kinds is the model's no more than v1's and v2's runs show
+# (docs/bad-inputs.md has every kind on every model). The v3 services other than v1's twin run
+# these only, to keep CI short: ~10 s a kind, the budget's waits included.
+V3_KINDS = ("webp-lossy", "webp-lossless", "jpeg")
 
 
 @pytest.mark.parametrize("run", _deployed_backends())
@@ -527,6 +533,8 @@ def test_backend_stays_under_90_percent_of_its_cloud_run_memory_under_the_worst_
         settled = memory_of(name)[1]
         figures = {}
         for kind, data in worst_images.items():
+            if run.label.startswith("v3") and kind not in V3_KINDS:
+                continue
             memory_of(name, reset=True)
             load = memory.load(url, list(run.ids), data, kind, run.threads, rounds=ROUNDS)
             figures[kind] = (memory_of(name)[0], load)
@@ -552,8 +560,11 @@ def test_backend_stays_under_90_percent_of_its_cloud_run_memory_under_the_worst_
         )
     for kind, (_, load) in figures.items():
         # Every request answered: 200, or 503 busy where the pixel budget made it wait too
-        # long (never not_ready: the process did not restart).
-        assert set(load["statuses"]) <= {"200", "503 busy"}, (kind, load, logs.stdout[-3000:])
+        # long (never not_ready: the process did not restart), or 422 where a 36-MP CMYK or
+        # WebP decode on a shared CPU ran past its CPU budget (backend/imaging.py): a limit of
+        # its own, met after the pixels were reserved, so it never hides memory.
+        answers = {"200", "503 busy", "422 cpu"}
+        assert set(load["statuses"]) <= answers, (kind, load, logs.stdout[-3000:])
         # At least two decoded in full: the budget admits these one after another, so the
         # peak spans one request's decode with another's body and forward pass.
         assert load["statuses"].get("200", 0) >= 2, (kind, load)
