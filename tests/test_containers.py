@@ -565,9 +565,9 @@ def test_backend_stays_under_90_percent_of_its_cloud_run_memory_under_the_worst_
         # its own, met after the pixels were reserved, so it never hides memory.
         answers = {"200", "503 busy", "422 cpu"}
         assert set(load["statuses"]) <= answers, (kind, load, logs.stdout[-3000:])
-        # At least two decoded in full: the budget admits these one after another, so the
-        # peak spans one request's decode with another's body and forward pass.
-        assert load["statuses"].get("200", 0) >= 2, (kind, load)
+        # At least one decoded through to its model input (a CPU refusal comes after the
+        # decode, its pixels held, but before the conversion to RGB).
+        assert load["statuses"].get("200", 0) >= 1, (kind, load)
     worst = max(figures, key=lambda kind: figures[kind][0])
     assert figures[worst][0] <= bound, (
         f"{run.label}: {worst} peaked at {figures[worst][0]} MiB, over {MEMORY_SHARE:.0%} of "
