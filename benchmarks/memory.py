@@ -2,12 +2,13 @@
 
     uv run python -m benchmarks --only memory
 
-The worst request is the largest image every limit admits: 36 M pixels (MAX_IMAGE_PIXELS) in a
-JPEG just under the upload limit, so it is both the largest body and the largest decode. Every
-request thread of the instance sends it at once (BACKEND_THREADS, as deployed), twice over, and
-the worker's peak resident memory (VmHWM: the kernel's own high-water mark, no sampling to miss
-a spike) is read after. Per request: (peak - settled) / requests in flight. The same runs with a
-PNG of the same pixels, which has no reduced decode.
+The worst requests are the largest images every limit admits, one per decode path
+(WORST_KINDS): 36 M pixels (MAX_IMAGE_PIXELS) each, under the upload limit; the JPEG is both the
+largest body and a full decode, the WebPs hold the most copies. Every request thread of the
+instance sends one kind at once (BACKEND_THREADS, as deployed), twice over, and the worker's
+peak resident memory (VmHWM: the kernel's own high-water mark, no sampling to miss a spike) is
+read after. Per request: (peak - settled) / requests in flight. The container tests
+(tests/test_containers.py) run the same load against each deployed service at its limit.
 """
 
 from __future__ import annotations
