@@ -40,6 +40,14 @@ def exif_after_image_data(png: bytes, exif: bytes) -> bytes:
     return png[:end] + chunk + png[end:]
 
 
+def as_ycck(cmyk_jpeg: bytes) -> bytes:
+    """The CMYK JPEG's four planes read as YCCK (the Adobe marker's transform 2), as Photoshop
+    writes CMYK: libjpeg then converts YCC to CMY row by row before Pillow sees the pixels."""
+    adobe = cmyk_jpeg.index(b"\xff\xee\x00\x0eAdobe")
+    transform = adobe + 4 + 11  # marker, length, "Adobe", version, two flag words
+    return cmyk_jpeg[:transform] + b"\x02" + cmyk_jpeg[transform + 1 :]
+
+
 def inputs(side: int) -> dict[str, bytes]:
     """One image per decode path, `side` x `side` pixels, with real (noisy) content."""
     import numpy as np
@@ -65,6 +73,7 @@ def inputs(side: int) -> dict[str, bytes]:
         "JPEG RGB, EXIF rotated": save(rgb, "JPEG", quality=90, exif=rotated),
         "JPEG greyscale": save(rgb.convert("L"), "JPEG"),
         "JPEG CMYK": save(rgb.convert("CMYK"), "JPEG"),
+        "JPEG YCCK": as_ycck(save(rgb.convert("CMYK"), "JPEG")),
         "PNG RGB": save(rgb, "PNG", compress_level=1),
         "PNG RGB, EXIF rotated": save(rgb, "PNG", compress_level=1, exif=rotated),
         "PNG RGB, EXIF after the pixels": exif_after_image_data(

@@ -2,12 +2,13 @@
 
     uv run python -m benchmarks --only memory
 
-The worst request is the largest image every limit admits: 36 M pixels (MAX_IMAGE_PIXELS) in a
-JPEG just under the upload limit, so it is both the largest body and the largest decode. Every
-request thread of the instance sends it at once (BACKEND_THREADS, as deployed), twice over, and
-the worker's peak resident memory (VmHWM: the kernel's own high-water mark, no sampling to miss
-a spike) is read after. Per request: (peak - settled) / requests in flight. The same runs with a
-PNG of the same pixels, which has no reduced decode.
+The worst requests are the largest images every limit admits, one per decode path
+(WORST_KINDS): 36 M pixels (MAX_IMAGE_PIXELS) each, under the upload limit; the JPEG is both the
+largest body and a full decode, the WebPs hold the most copies. Every request thread of the
+instance sends one kind at once (BACKEND_THREADS, as deployed), twice over, and the worker's
+peak resident memory (VmHWM: the kernel's own high-water mark, no sampling to miss a spike) is
+read after. Per request: (peak - settled) / requests in flight. The container tests
+(tests/test_containers.py) run the same load against each deployed service at its limit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 import requests
 from PIL import Image
 
+from benchmarks import deployed as deployed_sizes
+from benchmarks.decode_memory import as_ycck, exif_after_image_data
 from benchmarks.harness import (
     first_prediction,
     gunicorn,
@@ -31,6 +34,9 @@ from benchmarks.harness import (
 )
 from runtime.limits import MAX_IMAGE_BYTES
 
+# The deployed sizes (deployment/spec.py), where the container tests and __main__ look them up.
+deployed = deployed_sizes.deployed
+
 # Browser sessions this 2-core machine drives at once (each uploading 10 MB) without timing out.
 BROWSER_SESSIONS = 8
 # The backend's pixel limit (backend/settings.py), as a square.
@@ -38,54 +44,109 @@ SIDE = 6000
 WORST_BYTES = MAX_IMAGE_BYTES - 64 * 1024  # just under the limit, with room to spare
 
 
-def worst_images(directory: Path) -> dict[str, bytes]:
-    """The largest admitted JPEG and PNG: 36 M pixels each, each under the byte limit."""
+# The worst inputs of each decode path (docs/bad-inputs.md, "Memory of a decode"), 36 M pixels
+# each and each under the upload limit: the largest body (a photo-like JPEG), the most copies
+# of all (WebP: libwebp's canvases, Pillow's copy, RGB; lossless in 1.4 KB, lossy), CMYK and
+# YCCK JPEGs (4 bytes a pixel, then RGB), a PNG whose EXIF rotation follows its pixels (where
+# its header cannot show it), grey with alpha rotated (through RGBA, blended, rotated), 16-bit
+# (through 32-bit integers), greyscale JPEG, GIF and 1-bit BMP (a 1-byte decode, then RGB).
+WORST_KINDS = (
+    "jpeg",
+    "webp-lossless",
+    "webp-lossy",
+    "jpeg-cmyk",
+    "jpeg-ycck",
+    "png-exif-late",
+    "png-alpha-rotated",
+    "png-16bit",
+    "jpeg-grey",
+    "gif",
+    "bmp-1bit",
+)
+
+
+def worst_images(directory: Path, kinds: tuple[str, ...] = WORST_KINDS) -> dict[str, bytes]:
+    """The worst image of each kind, generated once (deterministically) and kept in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     images = {}
-    for kind in ("jpeg", "png", "png-alpha-rotated"):
-        path = directory / f"worst-{SIDE}-{kind}.{kind.split('-')[0]}"
-        if not path.exists():
-            path.write_bytes(_encode(kind))
-        images[kind] = path.read_bytes()
+    try:
+        for kind in kinds:
+            path = directory / f"worst-{SIDE}-{kind}.{kind.split('-')[0]}"
+            if not path.exists():
+                data = _encode(kind)
+                if len(data) > WORST_BYTES:
+                    raise RuntimeError(f"the {kind} image is {len(data)} bytes, over the limit")
+                path.write_bytes(data)
+            images[kind] = path.read_bytes()
+    finally:
+        _scene_cache.clear()
     return images
 
 
+_scene_cache: dict[str, np.ndarray] = {}
+
+
+def _base() -> np.ndarray:
+    """A photo-like 6000x6000 picture without grain: gradients and shapes with edges (float)."""
+    if "base" not in _scene_cache:
+        rng = np.random.default_rng(0)
+        y, x = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32) / SIDE
+        base = np.stack([x * 200 + 30, y * 180 + 40, (1 - x) * 120 + y * 80], axis=-1)
+        for _ in range(40):  # shapes with edges, so the compressed size is not a gradient's
+            cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.02, 0.15)
+            base[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+        _scene_cache["base"] = base
+    return _scene_cache["base"]
+
+
+def _save(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
 def _encode(kind: str) -> bytes:
-    """A photo-like 6000x6000 picture: gradients, shapes and grain, sized to the byte limit; or
-    the image whose decode holds the most copies at once: grey with alpha, rotated by EXIF."""
-    if kind == "png-alpha-rotated":
-        exif = Image.Exif()
-        exif[0x0112] = 6  # rotated 90 degrees: one more full-size copy
-        buffer = io.BytesIO()
-        Image.new("LA", (SIDE, SIDE), (120, 200)).save(buffer, "PNG", exif=exif)
-        return buffer.getvalue()
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32) / SIDE
-    base = np.stack([x * 200 + 30, y * 180 + 40, (1 - x) * 120 + y * 80], axis=-1)
-    for _ in range(40):  # shapes with edges, so the compressed size is not that of a gradient
-        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.02, 0.15)
-        inside = (x - cx) ** 2 + (y - cy) ** 2 < r * r
-        base[inside] = rng.uniform(0, 255, 3)
-    if kind == "png":  # lossless: no grain would fit; the decode costs the same pixels anyway
-        buffer = io.BytesIO()
-        Image.fromarray(base.astype(np.uint8), "RGB").save(buffer, "PNG", compress_level=6)
-        if buffer.tell() <= WORST_BYTES:
-            return buffer.getvalue()
-    grain = 12.0
+    flat = lambda: Image.fromarray(_base().astype(np.uint8), "RGB")  # noqa: E731
+    rotated = Image.Exif()
+    rotated[0x0112] = 6  # rotated 90 degrees: one more full-size copy
+    if kind == "png-alpha-rotated":  # grey with alpha: the most copies of any PNG
+        return _save(Image.new("LA", (SIDE, SIDE), (120, 200)), "PNG", exif=rotated)
+    if kind == "png-exif-late":
+        png = _save(flat(), "PNG", compress_level=6)
+        return exif_after_image_data(png, rotated.tobytes().removeprefix(b"Exif\x00\x00"))
+    if kind == "png-16bit":
+        grey = (_base().mean(axis=2) * 257).astype(np.uint16)
+        return _save(Image.fromarray(grey), "PNG", compress_level=6)
+    if kind == "webp-lossless":  # one colour: 1.4 KB on the wire, 36 M pixels decoded
+        return _save(Image.new("RGB", (SIDE, SIDE), (120, 160, 200)), "WEBP", lossless=True)
+    if kind == "webp-lossy":
+        # Grain 4: 2.5 MB, decoded in ~0.5 s of CPU. The JPEG's grain (12) gives 8.8 MB, which
+        # takes 0.8-1.0 s to decode and is refused for CPU (422), after the same peak of pixels.
+        return _save(_photo(4.0), "WEBP", quality=80, method=0)
+    if kind == "gif":
+        return _save(flat().quantize(256, dither=Image.Dither.NONE), "GIF")
+    if kind == "bmp-1bit":
+        return _save(flat().convert("1"), "BMP")
+    # JPEGs: grain sized so the file is just under the upload limit.
+    mode, grain = {"jpeg": ("RGB", 12.0), "jpeg-grey": ("L", 8.0)}.get(kind, ("CMYK", 2.5))
     for _ in range(12):
-        noisy = base + rng.normal(0, grain, (SIDE, SIDE, 1)).astype(np.float32)
-        image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=85)
-        size = buffer.tell()
-        if 0.8 * WORST_BYTES < size <= WORST_BYTES:
-            return buffer.getvalue()
-        grain *= 0.8 if size > WORST_BYTES else 1.25
+        data = _save(_photo(grain).convert(mode), "JPEG", quality=85)
+        if 0.8 * WORST_BYTES < len(data) <= WORST_BYTES:
+            return as_ycck(data) if kind == "jpeg-ycck" else data
+        grain *= 0.8 if len(data) > WORST_BYTES else 1.25
     raise RuntimeError(f"could not encode a {kind} of {SIDE}x{SIDE} under {WORST_BYTES} bytes")
 
 
+def _photo(grain: float) -> Image.Image:
+    """The base picture with a camera's grain (deterministic for a given grain)."""
+    rng = np.random.default_rng(int(grain * 1000))
+    noisy = _base() + rng.normal(0, grain, (SIDE, SIDE, 1)).astype(np.float32)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
 def _post(url: str, model: str, data: bytes, kind: str) -> str:
-    """The answer's status, with the error code of a 503 (e.g. "503 busy")."""
+    """The answer's status, with the error code of a 503 (e.g. "503 busy") and "422 cpu" for
+    a decode refused for its CPU time."""
     fmt = kind.split("-")[0]
     response = requests.post(
         f"{url}/predict",
@@ -95,6 +156,8 @@ def _post(url: str, model: str, data: bytes, kind: str) -> str:
     )
     if response.status_code == 503:
         return f"503 {response.json()['error']['code']}"
+    if response.status_code == 422 and "of CPU" in response.json()["error"]["message"]:
+        return "422 cpu"  # refused by the decode's CPU budget (backend/imaging.py)
     return str(response.status_code)
 
 
@@ -219,22 +282,6 @@ def browser_sessions(
             return answered
         finally:
             browser.close()
-
-
-def deployed(name: str) -> str:
-    """A deployed size from deployment/spec.py by its setting, e.g. "FRONTEND_MEMORY" -> 1Gi."""
-    from deployment import spec
-
-    values = {"BACKEND_THREADS": spec.THREADS}
-    for variant, size in spec.BACKEND_SIZES.items():
-        values |= {f"BACKEND_{variant.upper()}_MEMORY": size.memory}
-        values |= {f"BACKEND_{variant.upper()}_CPU": size.cpu}
-    frontend = spec.FRONTEND_SIZE
-    values |= {"FRONTEND_MEMORY": frontend.memory, "FRONTEND_CPU": frontend.cpu}
-    values |= {"FRONTEND_CONCURRENCY": frontend.concurrency}
-    if name not in values:
-        raise RuntimeError(f"deployment/spec.py has no {name}")
-    return str(values[name])
 
 
 def stand_in_backend():

@@ -405,14 +405,20 @@ def test_backend_container_starts_and_serves_without_network(backend_base, backe
 # As many browser sessions as this 2-core machine drives at once without timing out.
 BROWSER_SESSIONS = 8
 
+# The summed peak and current resident KiB of the container's processes (VmHWM: the kernel's
+# own high-water mark, no sampling to miss a spike); with "reset", each high-water mark is first
+# set back to the current resident memory (/proc/PID/clear_refs), so that a load's own peak
+# is read after it.
 PEAKS = """
-import glob, os
+import glob, os, sys
 peak = rss = 0
 for status in glob.glob("/proc/[0-9]*/status"):
     pid = status.split("/")[2]
     if int(pid) == os.getpid():
         continue
     try:
+        if sys.argv[1:] == ["reset"]:
+            open(f"/proc/{pid}/clear_refs", "w").write("5")
         fields = dict(line.split(":", 1) for line in open(status))
     except OSError:
         continue
@@ -428,9 +434,11 @@ def mebibytes(value: str) -> int:
     return int(number) * (1024 if unit == "Gi" else 1)
 
 
-def memory_of(container: str) -> tuple[int, int]:
-    """The summed peak and current resident MiB of the container's processes."""
-    out = containers.podman("exec", container, "python", "-c", PEAKS).stdout.split()
+def memory_of(container: str, *, reset: bool = False) -> tuple[int, int]:
+    """The summed peak and current resident MiB of the container's processes; with `reset`, the
+    peak is set back to the current first (the next call reads what came after)."""
+    args = ["reset"] if reset else []
+    out = containers.podman("exec", container, "python", "-c", PEAKS, *args).stdout.split()
     return int(out[0]), int(out[1])
 
 
@@ -452,29 +460,64 @@ def worst_images():
     return memory.worst_images(ROOT / ".local" / "bench-memory")
 
 
-@pytest.mark.parametrize(
-    ("version", "ids"),
-    [("v1", ["resnet152"]), ("v2", ["resnet152", "convnext_base", "swin_b", "vgg16"])],
-)
-def test_backend_stays_inside_its_cloud_run_memory_under_the_worst_load(
-    python_image, worst_images, tmp_path, version, ids
+@pytest.fixture(scope="session")
+def memory_image(python_image, tmp_path_factory):
+    """One image for every backend service's memory run: the v2 image, with the four models.
+
+    v1's and v3's images are built from the same Dockerfiles, the same code and the same bake,
+    and differ from it only in which bundles are on disk (the MODELS build argument). A bundle
+    that is not served is never opened (backend/registry.py reads only the bundles of MODELS),
+    so it costs no memory: this image run with MODELS=<the service's models> at the service's
+    deployed size is that service, and one build (one bake of the four models) serves all runs.
+    """
+    from benchmarks.containers import build_images
+    from benchmarks.deployed import backend_runs
+
+    ids = list(dict.fromkeys(i for run in backend_runs() for i in run.ids))
+    tags, _ = build_images("memory", ids, tmp_path_factory.mktemp("memory-image"))
+    yield tags["code"]
+    remove_images(*tags.values())
+
+
+def _deployed_backends():
+    from benchmarks.deployed import backend_runs
+
+    return [pytest.param(run, id=run.label.replace(" ", "-")) for run in backend_runs()]
+
+
+# Peak resident memory of a backend, as a share of its deployed limit, that the worst load may
+# reach (issue: real memory): the rest is room for what this machine cannot show.
+MEMORY_SHARE = 0.9
+# Every request thread sends each kind once, all at once: the deployed concurrency. A second
+# round only repeats the first (the memory goes back between them), at CI's cost.
+ROUNDS = 1
+# The kinds that peak highest, on every model: a kind's peak is the model's settled memory and
+# forward passes (the same for every kind) plus the kind's own decode and bodies (the same on
+# every model), so the order of the kinds is the model's no more than v1's and v2's runs show
+# (docs/bad-inputs.md has every kind on every model). The v3 services other than v1's twin run
+# these only, to keep CI short: ~10 s a kind, the budget's waits included.
+V3_KINDS = ("webp-lossy", "webp-lossless", "jpeg")
+
+
+@pytest.mark.parametrize("run", _deployed_backends())
+def test_backend_stays_under_90_percent_of_its_cloud_run_memory_under_the_worst_inputs(
+    memory_image, worst_images, run
 ):
+    """Every backend service deployment/spec.py deploys (v1, v2, v3's per model), at its
+    deployed memory, CPU and request threads: each worst input (benchmarks/memory.py,
+    WORST_KINDS) sent by every request thread at once, kind after kind, peak read per kind."""
     import requests
 
     from benchmarks import memory
-    from benchmarks.containers import build_images
 
-    # Generated weights of the real architectures and sizes, baked by the real bake stage.
-    tags, _ = build_images(f"memory-{version}", ids, tmp_path)
-    limit = mebibytes(memory.deployed(f"BACKEND_{version.upper()}_MEMORY"))
-    cpus = memory.deployed(f"BACKEND_{version.upper()}_CPU")  # the deployed CPU: it sets the waits
-    threads = int(memory.deployed("BACKEND_THREADS"))
     port = free_port()
-    name = f"baked-vision-memory-{version}-{RUN_ID}"
+    name = f"baked-vision-memory-{run.label.split()[-1]}-{RUN_ID}"
     containers.podman(
         "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
-        "--memory", f"{limit}m", "--memory-swap", f"{limit}m", "--cpus", cpus,
-        "-e", "ALLOW_UNTRAINED_WEIGHTS=1", "-e", f"REQUEST_THREADS={threads}", tags["code"],
+        "--memory", f"{run.memory_mib}m", "--memory-swap", f"{run.memory_mib}m",
+        "--cpus", str(run.cpu), "-e", "ALLOW_UNTRAINED_WEIGHTS=1",
+        "-e", f"MODELS={','.join(run.ids)}", "-e", f"REQUEST_THREADS={run.threads}",
+        memory_image,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -488,34 +531,48 @@ def test_backend_stays_inside_its_cloud_run_memory_under_the_worst_load(
             time.sleep(0.5)
         assert_alive(name)
         settled = memory_of(name)[1]
-        loads = {
-            kind: memory.load(url, ids, data, kind, threads, rounds=2)
-            for kind, data in worst_images.items()
-        }
+        figures = {}
+        for kind, data in worst_images.items():
+            if run.label.startswith("v3") and kind not in V3_KINDS:
+                continue
+            memory_of(name, reset=True)
+            load = memory.load(url, list(run.ids), data, kind, run.threads, rounds=ROUNDS)
+            figures[kind] = (memory_of(name)[0], load)
         assert_alive(name)  # not killed
-        for kind, result in loads.items():
-            # Every request answered: 200, or 503 busy where the pixel budget made it wait too
-            # long (never not_ready: the worker did not restart); most of them 200.
-            assert set(result["statuses"]) <= {"200", "503 busy"}, (kind, result)
-            assert result["statuses"].get("200", 0) >= 3 * threads // 2, (kind, result)
-        peak, _ = memory_of(name)
         response = requests.post(
             f"{url}/predict", files={"image": ("x.jpg", worst_images["jpeg"], "image/jpeg")},
             timeout=120,
         )  # fmt: skip
         assert response.status_code == 200, response.text  # it still serves
-        print(
-            f"\nbackend {version} at --memory {limit} MiB --cpus {cpus}, {threads} threads: "
-            f"settled {settled} "
-            f"MiB, peak {peak} MiB under the worst load ({peak / limit:.0%} of the limit); "
-            + "; ".join(
-                f"{kind}: {r['statuses']} in {r['seconds']:.1f}s" for kind, r in loads.items()
-            )
-        )
-        assert peak < limit
     finally:
+        logs = containers.podman("logs", name, check=False)
         containers.podman("rm", "--force", name, check=False)
-        remove_images(*tags.values())
+    bound = MEMORY_SHARE * run.memory_mib
+    print(
+        f"\nbackend {run.label} at --memory {run.memory_mib} MiB --cpus {run.cpu}, "
+        f"{run.threads} threads, settled {settled} MiB; the worst inputs, each sent by every "
+        f"thread at once ({ROUNDS} round): peak MiB (share of the limit), answers, seconds"
+    )
+    for kind, (peak, load) in figures.items():
+        print(
+            f"  {kind:18s} {len(worst_images[kind]) / 1e6:5.2f} MB  peak {peak:5d} MiB "
+            f"({peak / run.memory_mib:4.0%})  {load['statuses']}  {load['seconds']:.1f} s"
+        )
+    for kind, (_, load) in figures.items():
+        # Every request answered: 200, or 503 busy where the pixel budget made it wait too
+        # long (never not_ready: the process did not restart), or 422 where a 36-MP CMYK or
+        # WebP decode on a shared CPU ran past its CPU budget (backend/imaging.py): a limit of
+        # its own, met after the pixels were reserved, so it never hides memory.
+        answers = {"200", "503 busy", "422 cpu"}
+        assert set(load["statuses"]) <= answers, (kind, load, logs.stdout[-3000:])
+        # At least one decoded through to its model input (a CPU refusal comes after the
+        # decode, its pixels held, but before the conversion to RGB).
+        assert load["statuses"].get("200", 0) >= 1, (kind, load)
+    worst = max(figures, key=lambda kind: figures[kind][0])
+    assert figures[worst][0] <= bound, (
+        f"{run.label}: {worst} peaked at {figures[worst][0]} MiB, over {MEMORY_SHARE:.0%} of "
+        f"{run.memory_mib} MiB"
+    )
 
 
 def test_frontend_stays_inside_its_cloud_run_memory_with_browser_sessions(
