@@ -9,6 +9,7 @@ that only a model that learnt them answers held-out pictures right.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,19 @@ def pictures(count: int, seed: int) -> list[tuple[Image.Image, int]]:
     """`count` labelled pictures, the classes in turn (reproducible from `seed`)."""
     rng = np.random.default_rng(seed)
     return [(picture(i % len(LABELS), rng), i % len(LABELS)) for i in range(count)]
+
+
+def write_image_sets(root: Path, *, calibration: int = 64, validation: int = 200) -> Path:
+    """An int8 entry's image sets under `root`: `calibration/` (unlabelled pictures) and
+    `validation/<label>/` (the held-out pictures, seed 1), as PNG; `root` back."""
+    for number, (image, _) in enumerate(pictures(calibration, seed=4)):
+        (root / "calibration").mkdir(parents=True, exist_ok=True)
+        image.save(root / "calibration" / f"{number:04d}.png")
+    for number, (image, label) in enumerate(pictures(validation, seed=1)):
+        folder = root / "validation" / LABELS[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{number:04d}.png")
+    return root
 
 
 def transforms():
@@ -118,6 +132,12 @@ def train(images: int = 1200, steps: int = 300, seed: int = 0) -> Trained:
         head.weight.copy_(scaled.weight / std)
         head.bias.copy_(scaled.bias - (scaled.weight * (mean / std)).sum(dim=1))
     return Trained(model.state_dict(), time.perf_counter() - started, loss.item())
+
+
+@functools.cache
+def fitted() -> Trained:
+    """The model `train()` gives, fitted once per test session (tests share it, read-only)."""
+    return train()
 
 
 def save(trained: Trained, path: Path) -> Path:
