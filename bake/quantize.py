@@ -132,11 +132,13 @@ def quantize(
         )
         del int8
         if not gate.passed:
-            why = "loses more top-1 than allowed" if gate.top1_drop > max_top1_drop else ""
-            why += (" and " if why else "") + ("is not faster" if gate.speedup <= 1.0 else "")
+            why = [
+                *(["loses more top-1 than allowed"] if gate.top1_drop > max_top1_drop else []),
+                *(["is not faster"] if gate.speedup <= 1.0 else []),
+            ]
             raise QuantizationError(
-                f"{model_id}: int8 refused: it {why}: {gate.figures()}. Serve it in fp32 "
-                '(remove precision = "int8"), or calibrate on images like those it serves.'
+                f"{model_id}: int8 refused: it {' and '.join(why)}: {gate.figures()}. Serve it "
+                'in fp32 (remove precision = "int8"), or calibrate on images like those it serves.'
             )
         return folder, gate
     except BaseException:
