@@ -115,7 +115,7 @@ def quantize(
     source = fp32.bundle.directory
     folder = Path(tempfile.mkdtemp(dir=source, prefix=".int8-"))
     try:
-        _make_int8(source / GRAPH, folder, calibration, fp32.manifest.preprocessing)
+        make_int8(source / GRAPH, folder, calibration, fp32.manifest.preprocessing)
         int8 = open_int8(folder)
         images, labels = _load(validation)
         inputs = fp32.preprocess(images[:1])
@@ -146,10 +146,17 @@ def quantize(
         raise
 
 
-def _make_int8(
-    graph: Path, folder: Path, calibration: list[Path], preprocessing: Preprocessing
+def make_int8(
+    graph: Path,
+    folder: Path,
+    calibration: list[Path],
+    preprocessing: Preprocessing,
+    activations: QuantType = QuantType.QUInt8,
 ) -> None:
-    """ORT's pre-processing and static quantisation; the result as model.onnx + .data."""
+    """ORT's pre-processing and static quantisation; the result as model.onnx + .data.
+
+    `activations`: QUInt8 (what bundles get); benchmarks/int8.py compares QInt8.
+    """
     prepared, quantized = folder / "prepared.onnx", folder / "quantized.onnx"
     quant_pre_process(str(graph), str(prepared))
     outputs = {o.name for o in onnx.load(str(prepared), load_external_data=False).graph.output}
@@ -164,7 +171,7 @@ def _make_int8(
         _Calibration(calibration, preprocessing, input_name=_input_name(prepared)),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        activation_type=QuantType.QUInt8,
+        activation_type=activations,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
         nodes_to_exclude=logits,

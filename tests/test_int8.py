@@ -256,3 +256,21 @@ def test_int8_entry_mistakes_are_named(tmp_path, spec, complaint):
     (tmp_path / "empty" / "disc" / "notes.txt").write_text("not an image")
     with pytest.raises(CatalogError, match=f"model 'mine': .*{complaint}"):
         load_catalog(_int8_catalog(tmp_path, spec))
+
+
+def test_a_changed_image_set_or_allowed_drop_makes_a_new_bundle(tmp_path):
+    """The bake's inputs digest covers the int8 recipe: same sets, same recipe; an image moved
+    to another label, or another allowed drop, a different one (the bundle is rebuilt)."""
+    from bake.pipeline import _recipe
+
+    _sets(tmp_path)
+    spec = 'precision = "int8"\ncalibration = "calibration"\nvalidation = "validation"'
+    entry = load_catalog(_int8_catalog(tmp_path, spec)).entry("mine")
+    first = _recipe(entry)
+    assert _recipe(load_catalog(_int8_catalog(tmp_path, spec)).entry("mine")) == first
+    assert _recipe(replace(entry, max_top1_drop=2)) != first
+    (tmp_path / "validation" / "square" / "x.png").rename(
+        tmp_path / "validation" / "disc" / "y.png"
+    )
+    assert _recipe(entry) != first
+    assert _recipe(replace(entry, precision="fp32")) is None  # fp32 bundles keep their digest

@@ -72,12 +72,12 @@ def write_image_sets(root: Path, *, calibration: int = 64, validation: int = 200
     return root
 
 
-def transforms():
+def transforms(size: int = SIZE):
     """What the catalog entry's `preprocessing` says, as torchvision does it (the reference)."""
     return T.Compose(
         [
-            T.Resize(SIZE, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-            T.CenterCrop(SIZE),
+            T.Resize(size, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+            T.CenterCrop(size),
             T.PILToTensor(),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
@@ -92,8 +92,10 @@ class Trained:
     final_loss: float
 
 
-def train(images: int = 1200, steps: int = 300, seed: int = 0) -> Trained:
+def train(images: int = 1200, steps: int = 300, seed: int = 0, size: int = SIZE) -> Trained:
     """A resnet18 with a 4-way head fitted to generated pictures; give its state dict.
+
+    `size`: the input it is fitted at (resize = crop); benchmarks/int8.py fits it at 224.
 
     No pretrained weights can be downloaded here, and training a whole resnet18 from scratch
     takes minutes on two shared cores. So, as in fine-tuning with a frozen backbone: a seeded
@@ -103,7 +105,7 @@ def train(images: int = 1200, steps: int = 300, seed: int = 0) -> Trained:
     """
     torch.manual_seed(seed)
     started = time.perf_counter()
-    prepare = transforms()
+    prepare = transforms(size)
     data = pictures(images, seed=seed)
     inputs = torch.stack([prepare(image) for image, _ in data])
     targets = torch.tensor([label for _, label in data])
