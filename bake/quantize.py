@@ -117,13 +117,13 @@ def quantize(
     try:
         make_int8(source / GRAPH, folder, calibration, fp32.manifest.preprocessing)
         int8 = open_int8(folder)
-        images, labels = _load(validation)
-        inputs = fp32.preprocess(images[:1])
+        fp32_top1, int8_top1 = _top1(fp32, int8, validation)
+        inputs = fp32.preprocess(_read([validation[0][0]]))
         fp32_ms, int8_ms = _median_ms(fp32, int8, inputs)
         gate = Int8Gate(
-            fp32_top1=_top1(fp32, images, labels),
-            int8_top1=_top1(int8, images, labels),
-            validation_images=len(images),
+            fp32_top1=fp32_top1,
+            int8_top1=int8_top1,
+            validation_images=len(validation),
             max_top1_drop=max_top1_drop,
             calibration_images=len(calibration),
             fp32_forward_ms=fp32_ms,
@@ -218,19 +218,21 @@ def _read(paths: list[Path]) -> list[Image.Image]:
     return images
 
 
-def _load(validation: list[tuple[Path, int]]) -> tuple[list[Image.Image], np.ndarray]:
-    return _read([p for p, _ in validation]), np.array([label for _, label in validation])
+def _top1(
+    fp32: ModelSession, int8: ModelSession, validation: list[tuple[Path, int]]
+) -> tuple[float, float]:
+    """Percent of the validation images whose best class is their label, for each graph.
 
-
-def _top1(session: ModelSession, images: list[Image.Image], labels: np.ndarray) -> float:
-    """Percent of `images` whose best class is their label."""
-    guesses = np.concatenate(
-        [
-            session.logits(session.preprocess(images[i : i + BATCH])).argmax(axis=1)
-            for i in range(0, len(images), BATCH)
-        ]
-    )
-    return round(100.0 * float((guesses == labels).mean()), 2)
+    Read and preprocessed BATCH at a time, once for both: a large set never sits in memory.
+    """
+    right = [0, 0]
+    for start in range(0, len(validation), BATCH):
+        chunk = validation[start : start + BATCH]
+        batch = fp32.preprocess(_read([path for path, _ in chunk]))
+        labels = np.array([label for _, label in chunk])
+        for number, session in enumerate((fp32, int8)):
+            right[number] += int((session.logits(batch).argmax(axis=1) == labels).sum())
+    return tuple(round(100.0 * r / len(validation), 2) for r in right)
 
 
 def _median_ms(fp32: ModelSession, int8: ModelSession, inputs: np.ndarray) -> tuple[float, float]:
