@@ -44,7 +44,7 @@ from runtime.files import sha256_of, write_atomically
 from runtime.session import ModelSession, top_classes
 from runtime.settings import SessionSettings, available_cpus
 from weights import imagesets
-from weights.catalog import Catalog, CatalogEntry
+from weights.catalog import BAKE_KEYS, Catalog, CatalogEntry
 from weights.lock import FetchedFile
 from weights.store import WeightsStore
 
@@ -76,10 +76,7 @@ def bake(
         fetched, entry, _ = store.verify(model_id, allow_untrained=True)
         # How to bake (precision, its image sets) comes from the catalog, the file from the lock.
         recipe = catalog.models.get(model_id, entry)
-        entry = replace(
-            entry, **{k: getattr(recipe, k) for k in ("precision", "calibration", "validation")},
-            max_top1_drop=recipe.max_top1_drop,
-        )  # fmt: skip
+        entry = replace(entry, **{key: getattr(recipe, key) for key in BAKE_KEYS})
         inputs = _inputs_digest(fetched, versions, code, _recipe(entry))
         where = f"{model_id} ({number}/{len(ids)})"
         kept = _unchanged(dest / model_id, inputs, fix_command(model_id, dest, weights_dir))

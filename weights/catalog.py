@@ -52,7 +52,7 @@ _TORCHVISION_INTERPOLATIONS = {name: T.InterpolationMode(name) for name in INTER
 PRECISIONS = ("fp32", "int8")
 DEFAULT_MAX_TOP1_DROP = 1.0  # points of top-1 accuracy an int8 graph may lose
 # How to bake, not which file: read from the catalog at bake time, never written to the lock.
-_BAKE_KEYS = ("precision", "calibration", "validation", "max_top1_drop")
+BAKE_KEYS = ("precision", "calibration", "validation", "max_top1_drop")
 
 
 class CatalogError(ValueError):
@@ -273,7 +273,7 @@ class CatalogEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """The entry as the lock keeps it: which file, without how to bake it."""
-        return {k: v for k, v in asdict(self).items() if v is not None and k not in _BAKE_KEYS}
+        return {k: v for k, v in asdict(self).items() if v is not None and k not in BAKE_KEYS}
 
     @property
     def allowed_top1_drop(self) -> float:
@@ -301,7 +301,7 @@ class CatalogEntry:
         """An entry from its TOML table; `base` (the catalog's folder) anchors relative paths."""
         data = {k: v for k, v in data.items() if k != "id"}
         known = {"architecture", "weights", "file", "labels", "url", "sha256", "size", "hub"}
-        known |= set(_BAKE_KEYS)
+        known |= set(BAKE_KEYS)
         unknown = set(data) - known - {"preprocessing"}
         if unknown:
             raise CatalogError(f"model {model_id!r}: unknown keys {sorted(unknown)}")
@@ -368,7 +368,7 @@ class CatalogEntry:
             raise CatalogError(
                 f"{where}: precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
             )
-        given = [k for k in _BAKE_KEYS[1:] if getattr(self, k) is not None]
+        given = [k for k in BAKE_KEYS[1:] if getattr(self, k) is not None]
         if self.precision == "fp32":
             if given:
                 raise CatalogError(f'{where}: {", ".join(given)} go with precision = "int8"')
