@@ -83,7 +83,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     **_get("one model's metadata", {"type": "object"}),
                     "parameters": [model_id],
                     "responses": {
-                        "200": _json("one model's metadata", {"type": "object"}),
+                        "200": _json(
+                            "one model's metadata", {"$ref": "#/components/schemas/ModelInfo"}
+                        ),
                         "404": _json("unknown model", error),
                     },
                 }
@@ -106,6 +108,34 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                 "message": {"type": "string"},
                             },
                         }
+                    },
+                },
+                "ModelInfo": {
+                    "type": "object",
+                    "required": ["id", "precision"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "precision": {
+                            "enum": ["fp32", "int8"],
+                            "description": "int8: served by an int8 graph the build's gate "
+                            "accepted (accuracy and speed measured on the model's own "
+                            "validation set and build machine)",
+                        },
+                        "quantization": {
+                            "type": ["object", "null"],
+                            "description": "int8 only: what the gate measured",
+                            "properties": {
+                                "fp32_top1": {"type": "number", "description": "percent"},
+                                "int8_top1": {"type": "number", "description": "percent"},
+                                "top1_drop": {"type": "number", "description": "points"},
+                                "max_top1_drop": {"type": "number", "description": "points"},
+                                "validation_images": {"type": "integer"},
+                                "calibration_images": {"type": "integer"},
+                                "fp32_forward_ms": {"type": "number"},
+                                "int8_forward_ms": {"type": "number"},
+                                "speedup": {"type": "number"},
+                            },
+                        },
                     },
                 },
                 "Prediction": {

@@ -301,6 +301,11 @@ class ModelRegistry:
             "file": manifest.source.file,
             "file_size_bytes": manifest.source.size,
             "untrained": manifest.untrained,
+            # "int8": served by the int8 graph the bake's gate accepted; `quantization` has its
+            # figures (top-1 fp32 and int8 on the validation set, its size, the allowed drop,
+            # forward times and the speed-up on the build machine). None for fp32.
+            "precision": manifest.precision,
+            "quantization": manifest.quantization,
             "default": model_id == self.default_id,
             "loaded": model_id in self._sessions,
             "compiled": {

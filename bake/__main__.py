@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported late so usage errors stay quick.
     from bake.export import ExportError
     from bake.pipeline import bake
+    from bake.quantize import QuantizationError
     from bake.verify import VerificationError
     from runtime.bundle import BundleError
     from weights.catalog import CatalogError, load_catalog
@@ -39,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         catalog = load_catalog(args.catalog)
         manifests = bake(catalog.select(args.models), args.weights, args.dest, catalog=catalog)
-    except (CatalogError, WeightsError, ExportError, VerificationError, BundleError) as exc:
+    except (
+        CatalogError,
+        WeightsError,
+        ExportError,
+        VerificationError,
+        QuantizationError,
+        BundleError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

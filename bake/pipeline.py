@@ -12,6 +12,7 @@ import gc
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from bake.export import export_onnx
 from bake.probes import probe_images
+from bake.quantize import INT8_TOLERANCE, quantize
 from bake.verify import TOLERANCE, TOP, verify
 from runtime.bundle import (
     FORMAT,
@@ -41,7 +43,8 @@ from runtime.bundle import (
 from runtime.files import sha256_of, write_atomically
 from runtime.session import ModelSession, top_classes
 from runtime.settings import SessionSettings, available_cpus
-from weights.catalog import Catalog, CatalogEntry
+from weights import imagesets
+from weights.catalog import BAKE_KEYS, Catalog, CatalogEntry
 from weights.lock import FetchedFile
 from weights.store import WeightsStore
 
@@ -71,7 +74,10 @@ def bake(
     manifests = []
     for number, model_id in enumerate(ids, start=1):
         fetched, entry, _ = store.verify(model_id, allow_untrained=True)
-        inputs = _inputs_digest(fetched, versions, code)
+        # How to bake (precision, its image sets) comes from the catalog, the file from the lock.
+        recipe = catalog.models.get(model_id, entry)
+        entry = replace(entry, **{key: getattr(recipe, key) for key in BAKE_KEYS})
+        inputs = _inputs_digest(fetched, versions, code, _recipe(entry))
         where = f"{model_id} ({number}/{len(ids)})"
         kept = _unchanged(dest / model_id, inputs, fix_command(model_id, dest, weights_dir))
         if kept is not None:
@@ -123,7 +129,8 @@ def _build(
             export_seconds=exported["seconds"],
             untrained=fetched.untrained,
         )
-        session = ModelSession(Bundle(staging, draft), SessionSettings(threads=available_cpus()))
+        settings = SessionSettings(threads=available_cpus())
+        session = ModelSession(Bundle(staging, draft), settings)
         images = probe_images()
         checked, probabilities = verify(model_id, module, entry.transforms(), session, images)
         say(
@@ -131,6 +138,27 @@ def _build(
             f"probability difference {checked.worst_probability_difference:.1e} (tolerance "
             f"{checked.tolerance:g}), {checked.top5_positions_checked} top-{TOP} places agree"
         )
+        tolerance = TOLERANCE
+        if entry.precision == "int8":
+            draft = replace(draft, precision="int8")
+            folder, gate = quantize(
+                model_id,
+                session,
+                entry.calibration_images(),
+                entry.validation_images(),
+                entry.allowed_top1_drop,
+                open_int8=lambda graph: ModelSession(Bundle(graph, draft), settings),
+            )
+            say(f"{model_id}: int8 accepted: {gate.figures()}")
+            del session
+            for name in (GRAPH, GRAPH_DATA):  # the bundle serves the int8 graph
+                os.replace(folder / name, staging / name)
+            shutil.rmtree(folder)
+            draft = replace(draft, quantization=gate.to_dict())
+            session = ModelSession(Bundle(staging, draft), settings)
+            # The start check compares the int8 graph with its own answer (quantize.py says why)
+            probabilities = session.probabilities(session.preprocess(images[:1]))
+            tolerance = INT8_TOLERANCE
         images[0].save(staging / REFERENCE_IMAGE)  # PNG: lossless, re-decodes to the same pixels
         manifest = replace(
             draft,
@@ -139,7 +167,7 @@ def _build(
                 for name in (GRAPH, GRAPH_DATA, REFERENCE_IMAGE)
             },
             verification=checked.to_dict(),
-            reference=Reference(top=top_classes(probabilities[0], TOP), tolerance=TOLERANCE),
+            reference=Reference(top=top_classes(probabilities[0], TOP), tolerance=tolerance),
         )
         (staging / MANIFEST).write_text(manifest.to_json())
         del session, module
@@ -208,8 +236,23 @@ def _write_index(dest: Path, catalog: Catalog) -> None:
     write_atomically(dest / INDEX, index.to_json())
 
 
-def _inputs_digest(fetched: FetchedFile, versions: dict[str, str], code: str) -> str:
-    """Everything a bundle is made from: the fetched file and its entry, the libraries, the code."""
+def _recipe(entry: CatalogEntry) -> dict | None:
+    """How the bundle is baked beyond its file: int8, its allowed drop, its images' digests."""
+    if entry.precision != "int8":
+        return None
+    return {
+        "precision": entry.precision,
+        "max_top1_drop": entry.allowed_top1_drop,
+        "calibration": imagesets.digest(entry.calibration_images()),
+        "validation": imagesets.digest([p for p, _ in entry.validation_images()]),
+    }
+
+
+def _inputs_digest(
+    fetched: FetchedFile, versions: dict[str, str], code: str, recipe: dict | None = None
+) -> str:
+    """Everything a bundle is made from: the fetched file and its entry, the libraries, the
+    code, and for int8 the recipe and its images."""
     inputs = {
         "format": FORMAT,
         "entry": fetched.entry,
@@ -218,6 +261,8 @@ def _inputs_digest(fetched: FetchedFile, versions: dict[str, str], code: str) ->
         "versions": versions,
         "code": code,
     }
+    if recipe is not None:  # absent for fp32: existing bundles keep their digest
+        inputs["recipe"] = recipe
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 

@@ -94,6 +94,11 @@ class Manifest:
     inputs: str  # digest of everything the bundle was made from: unchanged inputs, no rebuild
     export_seconds: float
     untrained: bool = False  # generated demo weights: served only when allowed
+    # "int8": the graph is the static int8 one the bake's gate accepted (bake/quantize.py);
+    # `quantization` holds its figures: both top-1 accuracies, the validation count, the
+    # allowed drop, both forward times and the speed-up.
+    precision: str = "fp32"
+    quantization: dict[str, Any] | None = None
     format: int = FORMAT
 
     @property

@@ -9,6 +9,7 @@ that only a model that learnt them answers held-out pictures right.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +59,25 @@ def pictures(count: int, seed: int) -> list[tuple[Image.Image, int]]:
     return [(picture(i % len(LABELS), rng), i % len(LABELS)) for i in range(count)]
 
 
-def transforms():
+def write_image_sets(root: Path, *, calibration: int = 64, validation: int = 200) -> Path:
+    """An int8 entry's image sets under `root`: `calibration/` (unlabelled pictures) and
+    `validation/<label>/` (the held-out pictures, seed 1), as PNG; `root` back."""
+    for number, (image, _) in enumerate(pictures(calibration, seed=4)):
+        (root / "calibration").mkdir(parents=True, exist_ok=True)
+        image.save(root / "calibration" / f"{number:04d}.png")
+    for number, (image, label) in enumerate(pictures(validation, seed=1)):
+        folder = root / "validation" / LABELS[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{number:04d}.png")
+    return root
+
+
+def transforms(size: int = SIZE):
     """What the catalog entry's `preprocessing` says, as torchvision does it (the reference)."""
     return T.Compose(
         [
-            T.Resize(SIZE, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-            T.CenterCrop(SIZE),
+            T.Resize(size, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+            T.CenterCrop(size),
             T.PILToTensor(),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
@@ -78,8 +92,10 @@ class Trained:
     final_loss: float
 
 
-def train(images: int = 1200, steps: int = 300, seed: int = 0) -> Trained:
+def train(images: int = 1200, steps: int = 300, seed: int = 0, size: int = SIZE) -> Trained:
     """A resnet18 with a 4-way head fitted to generated pictures; give its state dict.
+
+    `size`: the input it is fitted at (resize = crop); benchmarks/int8.py fits it at 224.
 
     No pretrained weights can be downloaded here, and training a whole resnet18 from scratch
     takes minutes on two shared cores. So, as in fine-tuning with a frozen backbone: a seeded
@@ -89,7 +105,7 @@ def train(images: int = 1200, steps: int = 300, seed: int = 0) -> Trained:
     """
     torch.manual_seed(seed)
     started = time.perf_counter()
-    prepare = transforms()
+    prepare = transforms(size)
     data = pictures(images, seed=seed)
     inputs = torch.stack([prepare(image) for image, _ in data])
     targets = torch.tensor([label for _, label in data])
@@ -118,6 +134,12 @@ def train(images: int = 1200, steps: int = 300, seed: int = 0) -> Trained:
         head.weight.copy_(scaled.weight / std)
         head.bias.copy_(scaled.bias - (scaled.weight * (mean / std)).sum(dim=1))
     return Trained(model.state_dict(), time.perf_counter() - started, loss.item())
+
+
+@functools.cache
+def fitted() -> Trained:
+    """The model `train()` gives, fitted once per test session (tests share it, read-only)."""
+    return train()
 
 
 def save(trained: Trained, path: Path) -> Path:

@@ -11,6 +11,11 @@ user's own classifier (`file`, `sha256`, `labels`: any torchvision architecture 
 sized from the labels). A user's catalog (`--catalog`, $WEIGHTS_CATALOG) is read on top of the
 built-in one: its entries and sets are added (an entry of the same id replaces the built-in
 one) and its `default`, if any, wins. README, "Your own classifier", walks through it.
+
+Any entry may ask for `precision = "int8"`: the bake step then serves a static int8 graph, but
+only if it measures it on the entry's labelled `validation` set no more than `max_top1_drop`
+points of top-1 worse than the float one, and faster (bake/quantize.py). These keys say how to
+bake, not which file: they are read from the catalog at bake time and kept out of the lock.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torchvision.transforms import v2 as T
 from runtime.preprocess import INTERPOLATIONS, Preprocessing
 from runtime.selection import SelectionError, select
 from weights import architectures
+from weights.imagesets import ImageSetError, calibration_images, validation_images
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 CATALOG_ENV = "WEIGHTS_CATALOG"
@@ -43,6 +49,10 @@ _HF_URL = re.compile(r"hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]+))?/(?P
 _GS_URL = re.compile(r"gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,221}[a-z0-9])/(?P<name>.+)")
 _SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _TORCHVISION_INTERPOLATIONS = {name: T.InterpolationMode(name) for name in INTERPOLATIONS}
+PRECISIONS = ("fp32", "int8")
+DEFAULT_MAX_TOP1_DROP = 1.0  # points of top-1 accuracy an int8 graph may lose
+# How to bake, not which file: read from the catalog at bake time, never written to the lock.
+BAKE_KEYS = ("precision", "calibration", "validation", "max_top1_drop")
 
 
 class CatalogError(ValueError):
@@ -88,6 +98,11 @@ class CatalogEntry:
     size: int | None = None
     hub: HubSource | None = None
     preprocessing: Preprocessing | None = None  # only where it differs from the weights' own
+    # "int8": serve a static int8 graph where the bake's gate allows it (bake/quantize.py).
+    precision: str = "fp32"
+    calibration: str | None = None  # images to measure activation ranges on: a dir or a glob
+    validation: str | None = None  # labelled images: a dir with one sub-directory per label
+    max_top1_drop: float | None = None  # points; None: DEFAULT_MAX_TOP1_DROP
 
     @cached_property
     def weights_enum(self):
@@ -257,7 +272,27 @@ class CatalogEntry:
         return self.source_url
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The entry as the lock keeps it: which file, without how to bake it."""
+        return {k: v for k, v in asdict(self).items() if v is not None and k not in BAKE_KEYS}
+
+    @property
+    def allowed_top1_drop(self) -> float:
+        return DEFAULT_MAX_TOP1_DROP if self.max_top1_drop is None else float(self.max_top1_drop)
+
+    def calibration_images(self) -> list[Path]:
+        """The calibration images (CatalogError if the set is missing or empty)."""
+        try:
+            return calibration_images(self.calibration or "")
+        except ImageSetError as exc:
+            raise CatalogError(f"model {self.id!r}: {exc}") from None
+
+    def validation_images(self) -> list[tuple[Path, int]]:
+        """(image, label index) of the validation set (CatalogError if missing, empty, or
+        labelled with a class this model does not have)."""
+        try:
+            return validation_images(self.validation or "", self.categories)
+        except ImageSetError as exc:
+            raise CatalogError(f"model {self.id!r}: {exc}") from None
 
     @classmethod
     def from_dict(
@@ -266,6 +301,7 @@ class CatalogEntry:
         """An entry from its TOML table; `base` (the catalog's folder) anchors relative paths."""
         data = {k: v for k, v in data.items() if k != "id"}
         known = {"architecture", "weights", "file", "labels", "url", "sha256", "size", "hub"}
+        known |= set(BAKE_KEYS)
         unknown = set(data) - known - {"preprocessing"}
         if unknown:
             raise CatalogError(f"model {model_id!r}: unknown keys {sorted(unknown)}")
@@ -274,6 +310,9 @@ class CatalogEntry:
             data["file"] = str((base / data["file"]).resolve())
         if isinstance(data.get("labels"), str):
             data["labels"] = _read_labels(where, data["labels"], base)
+        for key in ("calibration", "validation"):
+            if isinstance(data.get(key), str) and base is not None:
+                data[key] = str(base / data[key])  # an absolute path stays as it is
         try:
             hub = HubSource(**data.pop("hub")) if "hub" in data else None
             prep = data.pop("preprocessing", None)
@@ -285,6 +324,7 @@ class CatalogEntry:
 
     def validate(self) -> None:
         """Check the entry against torchvision's registry; raise CatalogError if wrong."""
+        self._validate_precision()
         if self.own or self.weights is None:
             self._validate_own()
             return
@@ -320,6 +360,41 @@ class CatalogEntry:
                 )
         if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
             raise CatalogError(f"{where}: size must be a positive number of bytes")
+
+    def _validate_precision(self) -> None:
+        """The int8 keys, as written (the image sets themselves: `check_image_sets`)."""
+        where = f"model {self.id!r}"
+        if self.precision not in PRECISIONS:
+            raise CatalogError(
+                f"{where}: precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
+        given = [k for k in BAKE_KEYS[1:] if getattr(self, k) is not None]
+        if self.precision == "fp32":
+            if given:
+                raise CatalogError(f'{where}: {", ".join(given)} go with precision = "int8"')
+            return
+        if self.validation is None:
+            raise CatalogError(
+                f'{where}: precision = "int8" needs a labelled validation set, `validation = '
+                '"<dir with one sub-directory per label>"`: int8 is served only where its '
+                "accuracy is measured"
+            )
+        if self.calibration is None:
+            raise CatalogError(
+                f'{where}: precision = "int8" needs calibration images, `calibration = '
+                '"<dir or glob of images>"`, like those the model will serve'
+            )
+        drop = self.max_top1_drop
+        if drop is not None and (
+            isinstance(drop, bool) or not isinstance(drop, int | float) or not 0 <= drop <= 100
+        ):
+            raise CatalogError(f"{where}: max_top1_drop must be 0 to 100 points, not {drop!r}")
+
+    def check_image_sets(self) -> None:
+        """An int8 entry's calibration and validation sets exist, hold images, fit the labels."""
+        if self.precision == "int8":
+            self.calibration_images()
+            self.validation_images()
 
     def _validate_own(self) -> None:
         where = f"model {self.id!r}"
@@ -409,6 +484,7 @@ class Catalog:
     def validate(self) -> None:
         for entry in self.models.values():
             entry.validate()
+            entry.check_image_sets()
         for name, ids in self.sets.items():
             missing = [i for i in ids if i not in self.models]
             if missing:
