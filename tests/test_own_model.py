@@ -26,7 +26,7 @@ from runtime.files import sha256_of
 from tests.backend_process import BackendProcess, start_backend
 from tests.gcs import storage_emulator, upload
 from tests.origin import OriginServer, Route
-from tests.trained import LABELS, PREPROCESSING, pictures, save, train
+from tests.trained import LABELS, PREPROCESSING, fitted, pictures, save
 from weights.catalog import CatalogError, load_catalog
 from weights.fetch import FetchError, fetch
 from weights.store import WeightsError, WeightsStore, state_dict_of
@@ -73,7 +73,7 @@ def _tls_server(root: Path) -> tuple[OriginServer, Path]:
 @pytest.fixture(scope="session")
 def own(tmp_path_factory) -> Own:
     root = tmp_path_factory.mktemp("own")
-    trained = train()
+    trained = fitted()
     print(f"\ntrained resnet18 on {len(LABELS)} generated classes in {trained.seconds:.1f} s")
     checkpoint = save(trained, root / "shapes.pt")
     digest = sha256_of(checkpoint)
