@@ -51,6 +51,9 @@ import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 from backend.logs import configure_logging  # noqa: E402
+from backend.start_trace import log_phase, phase, since_start  # noqa: E402
+
+_INTERPRETER_S = since_start()  # the interpreter's own start, up to this module
 
 log = logging.getLogger("backend")
 
@@ -59,6 +62,7 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
     """Serve until SIGTERM; `before_exit` runs last (tests list the modules loaded)."""
     _note_stops()
     configure_logging(os.environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO")
+    log_phase("interpreter", 0.0, _INTERPRETER_S)
     step, code = ["importing"], 0
     refusals: tuple[type[Exception], ...] = ()  # none until the modules that raise them load
 
@@ -69,12 +73,14 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
         step[0] = name
 
     try:
-        from backend.launch import REFUSALS, serve
-        from backend.settings import Settings
+        with phase("imports"):
+            from backend.launch import REFUSALS, serve
+            from backend.settings import Settings
 
         refusals = REFUSALS
         next_step("reading settings")
-        settings = Settings.from_env()
+        with phase("settings"):
+            settings = Settings.from_env()
         next_step("checking the bundles")
         code = serve(settings, step=next_step, stop_requested=lambda: bool(_pending))
     except _Stopped as stopped:

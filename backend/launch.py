@@ -16,6 +16,7 @@ from backend.registry import ModelRegistry
 from backend.server import FrontServer, ServerLimits
 from backend.services import services
 from backend.settings import Settings, SettingsError
+from backend.start_trace import log_phase, since_start
 from runtime.bundle import BundleError
 
 log = logging.getLogger("backend")
@@ -40,7 +41,7 @@ def serve(
     serving = services(app)
     step("binding the port")
     server = FrontServer(
-        app,
+        _FirstAnswerTraced(app),
         _listening_socket(settings.port),
         threads=settings.request_threads,
         limits=ServerLimits(
@@ -57,6 +58,30 @@ def serve(
     stopped_at = asyncio.run(_run(server, serving.models, stop_requested))
     _wait_for_loader(stopped_at + settings.graceful_timeout_s - 0.5)
     return 0
+
+
+class _FirstAnswerTraced:
+    """The WSGI app, logging the start's last phase: its first prediction answered 200."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.done = False
+
+    def __call__(self, environ: dict, start_response):
+        if self.done:
+            return self.app(environ, start_response)
+        began, statuses = since_start(), []
+
+        def noting_status(status: str, headers, exc_info=None):
+            statuses.append(status)
+            return start_response(status, headers, exc_info)
+
+        body = self.app(environ, noting_status)
+        path = environ.get("PATH_INFO", "")
+        if not self.done and path.endswith("/predict") and statuses[-1:] == ["200 OK"]:
+            self.done = True  # two first answers at once may both log: harmless
+            log_phase("first_request", began, path=path)
+        return body
 
 
 async def _run(

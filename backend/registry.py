@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from backend.errors import NotReady, UnknownModel
 from backend.settings import Settings
+from backend.start_trace import log_phase, phase, since_start
 from runtime.bundle import (
     GRAPH,
     GRAPH_DATA,
@@ -62,7 +63,8 @@ class ModelRegistry:
                 f"({', '.join(self.ids)})"
             )
         self.listed_ids = self._listed(index, settings.listed_models)
-        self.bundles = {model_id: self._checked(model_id) for model_id in self.ids}
+        with phase("bundles", models=len(self.ids)):
+            self.bundles = {model_id: self._checked(model_id) for model_id in self.ids}
         self.runner = ThreadPoolExecutor(
             max_workers=settings.inference_concurrency, thread_name_prefix="inference"
         )
@@ -158,7 +160,7 @@ class ModelRegistry:
         two cores: resnet152 loads in 0.54 s so against 0.71 s hashing first; the v2 set in
         2.2 s either way (the four warm-ups keep both cores busy).
         """
-        start = time.perf_counter()
+        start, began = time.perf_counter(), since_start()
         workers = min(len(self.ids), self.settings.session.threads)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as hashing:
             data = {i: hashing.submit(self._verify, i, (GRAPH_DATA,)) for i in self.ids}
@@ -174,6 +176,7 @@ class ModelRegistry:
         if len(self._sessions) < len(self.ids):
             log.info("loading stopped", extra={"event": "loading_stopped"})
             return
+        log_phase("load", began, models=len(self.ids))
         self._ready.set()
         log.info(
             "ready: %s",
@@ -183,11 +186,13 @@ class ModelRegistry:
 
     def _verify(self, model_id: str, files: tuple[str, ...]) -> bool:
         """Some files' digests (BundleError if one differs); False if a stop came first."""
-        started = time.perf_counter()
+        started, began = time.perf_counter(), since_start()
         done = self.bundles[model_id].verify(
             fix=self._fix(model_id), should_stop=self._stop.is_set, files=files
         )
         if done:
+            kind = "digest_data" if files == (GRAPH_DATA,) else "digest_graph"
+            log_phase(kind, began, model=model_id, files=list(files))
             log.info(
                 "verified %s of bundle %s",
                 ", ".join(files),
@@ -209,13 +214,15 @@ class ModelRegistry:
         them.
         """
         bundle = self.bundles[model_id]
-        started = time.perf_counter()
+        started, began = time.perf_counter(), since_start()
         session = ModelSession(bundle, self.settings.session)
-        opened = time.perf_counter()
+        opened, opened_s = time.perf_counter(), since_start()
+        log_phase("open", began, opened_s, model=model_id)
         if not weights_verified():
             return False
-        verified = time.perf_counter()
+        verified, verified_s = time.perf_counter(), since_start()
         session.check_reference()
+        log_phase("warm_up", verified_s, model=model_id)
         timings = {
             "open": round((opened - started) * 1000, 1),
             "wait_for_digest": round((verified - opened) * 1000, 1),
