@@ -3,7 +3,8 @@
 Start and stop are one state machine, because Cloud Run stops instances at any moment, starting
 ones included (scale-in, deploys): SIGTERM while importing, reading settings or checking the
 bundles ends the process at the end of that step (a fraction of a second); while the models
-load (verify, open, warm up: a background thread, /ready says when it is done) or serving,
+load (verify, open, warm up: a background thread, begun before the server's modules are
+imported; /ready says when it is done) or serving,
 the server stops taking connections, the loader ends at its next step, and every request held
 is answered within the graceful stop (backend/server.py). Either way: one log line saying what
 was interrupted, exit status 0, well inside Cloud Run's 10 s. The process ends with `os._exit`
@@ -49,6 +50,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 from backend.logs import configure_logging  # noqa: E402
 from backend.start_trace import log_phase, phase, since_start  # noqa: E402
@@ -72,18 +74,32 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
             raise _Stopped(_pending[0])
         step[0] = name
 
+    models = None
     try:
+        # What loading needs first (numpy, ONNX Runtime, Pillow); the server's modules (Flask,
+        # the routes) are imported while the sessions open: ONNX Runtime opens a session
+        # without the GIL, so the two share the cores (backend/start_trace.py shows it).
         with phase("imports"):
-            from backend.launch import REFUSALS, serve
-            from backend.settings import Settings
+            from backend.process import configure_process
+            from backend.registry import ModelRegistry
+            from backend.settings import Settings, SettingsError
+            from runtime.bundle import BundleError
 
-        refusals = REFUSALS
+        refusals = (SettingsError, BundleError)  # the start's own: told in one line
         next_step("reading settings")
         with phase("settings"):
-            settings = Settings.from_env()
+            settings = replace(Settings.from_env(), background_load=True, exit_on_load_failure=True)
+            configure_process(settings.log_level)  # the allocator, before any session
         next_step("checking the bundles")
-        code = serve(settings, step=next_step, stop_requested=lambda: bool(_pending))
+        models = ModelRegistry(settings)
+        models.start()  # verify, open and warm up in the loader thread
+        next_step("importing the server")
+        with phase("imports_server"):
+            from backend.launch import serve
+        code = serve(settings, models, step=next_step, stop_requested=lambda: bool(_pending))
     except _Stopped as stopped:
+        if models is not None:
+            models.stop()
         log.info(
             "stopped by %s while %s",
             stopped,

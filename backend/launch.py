@@ -9,35 +9,32 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from backend.app import create_app
 from backend.registry import ModelRegistry
 from backend.server import FrontServer, ServerLimits
 from backend.services import services
-from backend.settings import Settings, SettingsError
+from backend.settings import Settings
 from backend.start_trace import log_phase, since_start
-from runtime.bundle import BundleError
 
 log = logging.getLogger("backend")
 
-# The start's own failures, told in one line (no traceback): a setting or a bundle is wrong.
-REFUSALS = (SettingsError, BundleError)
 _KEEPALIVE_S = 5.0  # an idle connection between two requests, as gunicorn's default
 _LISTEN_BACKLOG = 2048
 
 
 def serve(
     settings: Settings,
+    models: ModelRegistry,
     step: Callable[[str], None] = lambda _: None,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Load the models in the background, serve until SIGTERM, stop; the exit status.
+    """Serve `models` (loading in the background) until SIGTERM, stop; the exit status.
 
     `step(name)` is told each step as it begins (it may raise to stop the start there);
     `stop_requested()` says whether a signal came before the server took signals over.
     """
-    app = create_app(replace(settings, background_load=True, exit_on_load_failure=True))
+    app = create_app(settings, models)
     serving = services(app)
     step("binding the port")
     server = FrontServer(
