@@ -112,6 +112,31 @@ def print_serving(result: dict, model: str) -> None:
         print(f"v2 start (launch to first 200): {result['v2']['start_s']:.2f} s")
 
 
+def print_latency(result: dict, models: list[str]) -> None:
+    """/predict p50/p95 against a bare session.run with the same decode and preprocessing."""
+    print("\n/predict, 1 client (ms), against bare decode+preprocess+session.run in one process")
+    rows = []
+    for model in models:
+        served = result["backend"]["models"].get(model) or (
+            result.get("v2", {}).get("models", {}).get(model)
+        )
+        if served is None:
+            continue
+        lat, bare, ours = (
+            served["latency"],
+            result["bare_ort"][model],
+            result["bare_ort_ours"][model],
+        )
+        rows.append([
+            model, lat["p50_ms"], lat["p95_ms"], bare["p50_ms"], bare["p95_ms"],
+            ours["p50_ms"], ours["p95_ms"], lat["p50_ms"] / bare["p50_ms"],
+            lat["p50_ms"] / ours["p50_ms"],
+        ])  # fmt: skip
+    header = ["model", "p50", "p95", "bare default p50", "p95", "bare ours p50", "p95",
+              "/ bare default", "/ bare ours"]  # fmt: skip
+    print(table(header, rows))
+
+
 def print_knobs(result: dict, model: str) -> None:
     print(f"\nsession settings ({model}: p50 ms, requests/s; v2: start, p50 per model, memory)")
     rows = []

@@ -49,6 +49,8 @@ def test_quick_benchmark_measures_every_variant_and_writes_results(tmp_path):
     assert all(t["errors"] == 0 and t["ok"] > 0 for t in served["throughput"])
     assert serving["bare_torch"]["resnet18"]["p50_ms"] > 0
     assert serving["bare_ort"]["resnet18"]["p50_ms"] > 0
+    assert serving["bare_ort_ours"]["resnet18"]["p50_ms"] > 0
+    assert "/predict, 1 client (ms), against bare decode+preprocess+session.run" in result.stdout
     assert serving["backend"]["model_files_mib"] > 40  # resnet18's 45 MB of weights
     assert set(results["knobs"]) >= {"default", "memory_arena=on", "prepacking=on"}
     allocator = results["allocator"]["resnet18"]
