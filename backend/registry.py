@@ -163,15 +163,17 @@ class ModelRegistry:
         What ONNX Runtime and Pillow parse (the graph, the reference image) is verified before
         it is read. The weights data, raw tensor bytes at offsets the verified graph gives, is
         hashed on other threads (one per core, in the order the models open) while the
-        sessions open, also one per core (ONNX Runtime releases the GIL while it opens one).
-        Each model's warm-up waits for its own digest, so an altered file is told as such, and
-        runs alone (a forward pass uses every core); the instance is ready only once every
-        digest matched and every model answered its reference image.
+        sessions open, one after another on a thread of their own: ONNX Runtime holds the GIL
+        for most of an opening (a thread spinning beside one ran at a fifth of its speed), so
+        two at once gain nothing, while a warm-up (a forward pass, without the GIL) runs beside
+        the next opening. Each model's warm-up waits for its own digest, so an altered file is
+        told as such; the instance is ready only once every digest matched and every model
+        answered its reference image.
         """
         start, began = time.perf_counter(), since_start()
         workers = min(len(self.ids), self.settings.session.threads)
         hashing = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
-        opening = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="open")
+        opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="open")
         try:
             data = {i: hashing.submit(self._verify, i, (GRAPH_DATA,)) for i in self.ids}
             sessions = {i: opening.submit(self._open, i) for i in self.ids}
