@@ -77,8 +77,9 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
     models = None
     try:
         # What loading needs first (numpy, ONNX Runtime, Pillow); the server's modules (Flask,
-        # the routes) are imported while the sessions open: ONNX Runtime opens a session
-        # without the GIL, so the two share the cores (backend/start_trace.py shows it).
+        # the routes) are imported while the digests run and the sessions open. ONNX Runtime
+        # holds the GIL for most of an opening, so this gains less than two cores would
+        # suggest (benchmarks/RESULTS.md, "Cold start", has the figures).
         with phase("imports"):
             from backend.process import configure_process
             from backend.registry import ModelRegistry
