@@ -3,7 +3,8 @@
 Start and stop are one state machine, because Cloud Run stops instances at any moment, starting
 ones included (scale-in, deploys): SIGTERM while importing, reading settings or checking the
 bundles ends the process at the end of that step (a fraction of a second); while the models
-load (verify, open, warm up: a background thread, /ready says when it is done) or serving,
+load (verify, open, warm up: a background thread, begun before the server's modules are
+imported; /ready says when it is done) or serving,
 the server stops taking connections, the loader ends at its next step, and every request held
 is answered within the graceful stop (backend/server.py). Either way: one log line saying what
 was interrupted, exit status 0, well inside Cloud Run's 10 s. The process ends with `os._exit`
@@ -49,8 +50,12 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 from backend.logs import configure_logging  # noqa: E402
+from backend.start_trace import log_phase, phase, since_start  # noqa: E402
+
+_INTERPRETER_S = since_start()  # the interpreter's own start, up to this module
 
 log = logging.getLogger("backend")
 
@@ -59,6 +64,7 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
     """Serve until SIGTERM; `before_exit` runs last (tests list the modules loaded)."""
     _note_stops()
     configure_logging(os.environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO")
+    log_phase("interpreter", 0.0, _INTERPRETER_S)
     step, code = ["importing"], 0
     refusals: tuple[type[Exception], ...] = ()  # none until the modules that raise them load
 
@@ -68,16 +74,33 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
             raise _Stopped(_pending[0])
         step[0] = name
 
+    models = None
     try:
-        from backend.launch import REFUSALS, serve
-        from backend.settings import Settings
+        # What loading needs first (numpy, ONNX Runtime, Pillow); the server's modules (Flask,
+        # the routes) are imported while the digests run and the sessions open. ONNX Runtime
+        # holds the GIL for most of an opening, so this gains less than two cores would
+        # suggest (benchmarks/RESULTS.md, "Cold start", has the figures).
+        with phase("imports"):
+            from backend.process import configure_process
+            from backend.registry import ModelRegistry
+            from backend.settings import Settings, SettingsError
+            from runtime.bundle import BundleError
 
-        refusals = REFUSALS
+        refusals = (SettingsError, BundleError)  # the start's own: told in one line
         next_step("reading settings")
-        settings = Settings.from_env()
+        with phase("settings"):
+            settings = replace(Settings.from_env(), background_load=True, exit_on_load_failure=True)
+            configure_process(settings.log_level)  # the allocator, before any session
         next_step("checking the bundles")
-        code = serve(settings, step=next_step, stop_requested=lambda: bool(_pending))
+        models = ModelRegistry(settings)
+        models.start()  # verify, open and warm up in the loader thread
+        next_step("importing the server")
+        with phase("imports_server"):
+            from backend.launch import serve
+        code = serve(settings, models, step=next_step, stop_requested=lambda: bool(_pending))
     except _Stopped as stopped:
+        if models is not None:
+            models.stop()
         log.info(
             "stopped by %s while %s",
             stopped,

@@ -27,8 +27,9 @@ from runtime.bundle import BundleError
 log = logging.getLogger("backend")
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the app. Models load here (or in the background if configured)."""
+def create_app(settings: Settings | None = None, models: ModelRegistry | None = None) -> Flask:
+    """Build the app. Models load here (or in the background if configured), unless `models`
+    were made, and started loading, before (`python -m backend` starts them first)."""
     settings = settings or Settings.from_env()
     configure_process(settings.log_level)
     app = Flask(__name__, static_folder=None)  # an API: no static files, no such route
@@ -36,7 +37,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # no HTML OPTIONS answers: a JSON 405
     app.json.sort_keys = False
 
-    models = ModelRegistry(settings)  # raises BundleError: the process refuses to start
+    if models is None:
+        models = ModelRegistry(settings)  # raises BundleError: the process refuses to start
     stop_signal = StopSignal()
     Services(
         settings=settings,

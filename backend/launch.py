@@ -9,38 +9,36 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from backend.app import create_app
 from backend.registry import ModelRegistry
 from backend.server import FrontServer, ServerLimits
 from backend.services import services
-from backend.settings import Settings, SettingsError
-from runtime.bundle import BundleError
+from backend.settings import Settings
+from backend.start_trace import log_phase, since_start
 
 log = logging.getLogger("backend")
 
-# The start's own failures, told in one line (no traceback): a setting or a bundle is wrong.
-REFUSALS = (SettingsError, BundleError)
 _KEEPALIVE_S = 5.0  # an idle connection between two requests, as gunicorn's default
 _LISTEN_BACKLOG = 2048
 
 
 def serve(
     settings: Settings,
+    models: ModelRegistry,
     step: Callable[[str], None] = lambda _: None,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Load the models in the background, serve until SIGTERM, stop; the exit status.
+    """Serve `models` (loading in the background) until SIGTERM, stop; the exit status.
 
     `step(name)` is told each step as it begins (it may raise to stop the start there);
     `stop_requested()` says whether a signal came before the server took signals over.
     """
-    app = create_app(replace(settings, background_load=True, exit_on_load_failure=True))
+    app = create_app(settings, models)
     serving = services(app)
     step("binding the port")
     server = FrontServer(
-        app,
+        _FirstAnswerTraced(app),
         _listening_socket(settings.port),
         threads=settings.request_threads,
         limits=ServerLimits(
@@ -57,6 +55,30 @@ def serve(
     stopped_at = asyncio.run(_run(server, serving.models, stop_requested))
     _wait_for_loader(stopped_at + settings.graceful_timeout_s - 0.5)
     return 0
+
+
+class _FirstAnswerTraced:
+    """The WSGI app, logging the start's last phase: its first prediction answered 200."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.done = False
+
+    def __call__(self, environ: dict, start_response):
+        if self.done:
+            return self.app(environ, start_response)
+        began, statuses = since_start(), []
+
+        def noting_status(status: str, headers, exc_info=None):
+            statuses.append(status)
+            return start_response(status, headers, exc_info)
+
+        body = self.app(environ, noting_status)
+        path = environ.get("PATH_INFO", "")
+        if not self.done and path.endswith("/predict") and statuses[-1:] == ["200 OK"]:
+            self.done = True  # two first answers at once may both log: harmless
+            log_phase("first_request", began, path=path)
+        return body
 
 
 async def _run(

@@ -178,19 +178,27 @@ def main() -> int:
                 report.print_coldstart(name, runs)
                 save()
         if "serving" in parts:
+            big = sets.get("v2")
+            # /predict against a bare session.run for these (the v2 backend serves the others)
+            latency_models = [serve_model, *(["convnext_base", "swin_b"] if big else [])]
             results["serving"] = {
                 "bare_torch": {
                     serve_model: serving.bare("torch", weights_dir, serve_model, load["n"])
                 },
-                "bare_ort": {serve_model: serving.bare("ort", bundles_dir, serve_model, load["n"])},
+                **{
+                    f"bare_{kind.replace('-', '_')}": {
+                        m: serving.bare(kind, bundles_dir, m, load["n"]) for m in latency_models
+                    }
+                    for kind in ("ort", "ort-ours")
+                },
                 "backend": serving.backend_run(bundles_dir, [serve_model], work, **load),
             }
-            big = sets.get("v2")
             if big:
                 results["serving"]["v2"] = serving.backend_run(
-                    bundles_dir, big, work, n=10, clients=(), seconds=0
+                    bundles_dir, big, work, n=load["n"], clients=(), seconds=0
                 )
             report.print_serving(results["serving"], serve_model)
+            report.print_latency(results["serving"], latency_models)
             save()
         if "knobs" in parts:
             results["knobs"] = {}

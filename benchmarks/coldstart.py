@@ -1,9 +1,15 @@
-"""Cold start: launch to first successful prediction, four ways, broken into phases.
+"""Cold start: launch to first successful prediction, five ways, broken into phases.
 
-(a) baked       our backend: bundles on disk, verified, opened in ONNX Runtime, warmed up
-(b) download    the assignment's way: torch, weights downloaded at start (from 127.0.0.1)
-(c) torch floor a bare process: import torch+torchvision, read, build, one forward pass
-(d) ort floor   a bare process: import onnxruntime, open the session(s), one forward pass
+(a) baked          our backend: bundles on disk, verified, opened in ONNX Runtime, warmed up;
+                   done when every model has answered one POST /predict
+(b) download       the assignment's way: torch, weights downloaded at start (from 127.0.0.1)
+(c) torch floor    a bare process: import torch+torchvision, read, build, one forward pass
+(d) ort floor      a bare process: import onnxruntime, open the graph(s) one after another with
+                   ONNX Runtime's default options, decode one image, one forward pass each
+(e) ort floor ours the same with the backend's session settings and allocator
+
+The backend logs each phase of its start (backend/start_trace.py); `trace` is those phases on
+one timeline from the launch, for the run of median total, beside the floors' own.
 """
 
 from __future__ import annotations
@@ -30,7 +36,31 @@ from benchmarks.harness import (
     weight_files,
 )
 
-VARIANTS = ("baked", "download", "torch_floor", "ort_floor")
+VARIANTS = ("baked", "download", "torch_floor", "ort_floor", "ort_floor_ours")
+# The backend's sequential phases, launch to first answer (the rest overlaps inside "load").
+BACKEND_PHASES = ("interpreter", "imports", "settings", "bundles", "load")
+
+
+def _all_answered(target, ids: list[str]) -> float:
+    """Wall-clock time when every model in `ids` has answered a POST /predict with 200."""
+    image = test_image()
+    done = first_prediction(target, image, ids[0])
+    for model_id in ids[1:]:
+        done = first_prediction(target, image, model_id)
+    return done
+
+
+def backend_trace(events: list[dict], launched_at: float) -> list[dict]:
+    """The backend's logged start phases as spans in seconds from the launch."""
+    spans = []
+    for event in events:
+        if event.get("event") != "start_phase":
+            continue
+        offset = event["process_started_at"] - launched_at  # fork and exec, to 10 ms
+        label = event["phase"] + (f" {event['model']}" if event.get("model") else "")
+        start = 0.0 if event["phase"] == "interpreter" else offset + event["start_ms"] / 1000
+        spans.append({"phase": label, "start": start, "end": offset + event["end_ms"] / 1000})
+    return spans
 
 
 def baked(bundles_dir: Path, ids: list[str], work: Path, extra_env: dict | None = None) -> dict:
@@ -45,23 +75,32 @@ def baked(bundles_dir: Path, ids: list[str], work: Path, extra_env: dict | None 
         work / "baked.log",
     )
     try:
-        done = first_prediction(target, test_image(), ids[0])
+        done = _all_answered(target, ids)
         events = target.events()
     finally:
         target.stop()
-    loading = next(e for e in events if e.get("event") == "loading")
-    ready = next(e for e in events if e.get("event") == "ready")
-    loaded = [e["timings_ms"] for e in events if e.get("event") == "model_loaded"]
-    hashed = [e["verify_ms"] for e in events if e.get("event") == "bundle_verified"]
-    phases = {
-        "import": log_time(loading) - target.launched_at,  # python, gunicorn, flask, ort
-        "load": ready["load_ms"] / 1000,  # every bundle verified, opened, warmed up
-        "first_request": done - log_time(ready),
-    }
+    trace = backend_trace(events, target.launched_at)
+    spans = {s["phase"]: s for s in trace}
+    phases = {name: spans[name]["end"] - spans[name]["start"] for name in BACKEND_PHASES}
+    # Between the checks and the load: the app built, the loader started.
+    phases["app"] = spans["load"]["start"] - spans["bundles"]["end"]
+    done -= target.launched_at  # from here on, seconds from the launch
+    phases["first_requests"] = done - spans["load"]["end"]
+    trace.append(
+        {
+            "phase": "answered (client)",
+            "start": spans["load"]["end"],
+            "end": done,
+        }
+    )
     # What the load did, summed over the models (they load side by side: more than its time).
-    work = {f"{k}_total": sum(t[k] for t in loaded) / 1000 for k in ("open", "warm_up")}
-    work["verify_total"] = sum(hashed) / 1000
-    return {"total": done - target.launched_at, "phases": phases, "load_work": work}
+    work = {
+        f"{kind}_total": sum(
+            s["end"] - s["start"] for s in trace if s["phase"].startswith(kind + " ")
+        )
+        for kind in ("digest_data", "digest_graph", "open", "warm_up")
+    }
+    return {"total": done, "phases": phases, "load_work": work, "trace": trace}
 
 
 def download(weights_dir: Path, ids: list[str], work: Path) -> dict:
@@ -90,6 +129,7 @@ def download(weights_dir: Path, ids: list[str], work: Path) -> dict:
 
 
 def _marks(script: str, args: list[str]) -> tuple[float, dict]:
+    """Run a floor script; its launch (wall clock) and the JSON line it prints."""
     launched = time.time()
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args],
@@ -113,23 +153,38 @@ def torch_floor(weights_dir: Path, ids: list[str]) -> dict:
     return {"total": marks["done"] - launched, "phases": phases}
 
 
-def ort_floor(bundles_dir: Path, ids: list[str]) -> dict:
-    launched, marks = _marks("floor_ort.py", [str(p) for p in graphs(bundles_dir, ids).values()])
-    phases = {
-        "import": marks["imported"] - launched,
-        "open": marks["open_s"],
-        "forward": marks["forward_s"],
-    }
-    return {"total": marks["done"] - launched, "phases": phases}
+def ort_floor(bundles_dir: Path, ids: list[str], work: Path, ours: bool = False) -> dict:
+    image = work / "image.jpg"
+    image.write_bytes(test_image())
+    flags = ["--ours", "--fixed-mmap-threshold"] if ours else []
+    paths = [str(p) for p in graphs(bundles_dir, ids).values()]
+    launched, marks = _marks("floor_ort.py", [*flags, "--image", str(image), *paths])
+    offset = marks["process_started_at"] - launched
+    ends = {k: offset + marks[k] for k in ("interpreter", "imported", "opened", "decoded", "done")}
+    names = {"interpreter": "interpreter", "imported": "import", "opened": "open",
+             "decoded": "decode", "done": "forward"}  # fmt: skip
+    trace, start = [], 0.0
+    for key, end in ends.items():
+        trace.append({"phase": names[key], "start": start, "end": end})
+        start = end
+    phases = {s["phase"]: s["end"] - s["start"] for s in trace}
+    return {"total": ends["done"], "phases": phases, "trace": trace}
 
 
-def run(weights_dir: Path, bundles_dir: Path, ids: list[str], runs: int, cold_cache: bool) -> dict:
+def run(
+    weights_dir: Path,
+    bundles_dir: Path,
+    ids: list[str],
+    runs: int,
+    cold_cache: bool,
+    variants: tuple[str, ...] = VARIANTS,
+) -> dict:
     """Median of `runs` starts of each variant, interleaved so drift hits all alike."""
-    samples: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    samples: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for _ in range(runs):
-            for name in VARIANTS:
+            for name in variants:
                 if cold_cache and not drop_page_cache():
                     raise PermissionError("cannot drop the page cache (needs root)")
                 if name == "baked":
@@ -139,7 +194,7 @@ def run(weights_dir: Path, bundles_dir: Path, ids: list[str], runs: int, cold_ca
                 elif name == "torch_floor":
                     samples[name].append(torch_floor(weights_dir, ids))
                 else:
-                    samples[name].append(ort_floor(bundles_dir, ids))
+                    samples[name].append(ort_floor(bundles_dir, ids, work, name.endswith("ours")))
     result = {}
     for name, runs_of in samples.items():
         phases = {k: median([r["phases"][k] for r in runs_of]) for k in runs_of[0]["phases"]}
@@ -148,6 +203,10 @@ def run(weights_dir: Path, bundles_dir: Path, ids: list[str], runs: int, cold_ca
             "all_s": [round(r["total"], 3) for r in runs_of],
             "phases_s": phases,
         }
+        totals = [r["total"] for r in runs_of]
+        typical = runs_of[totals.index(sorted(totals)[(len(totals) - 1) // 2])]
+        if "trace" in typical:
+            result[name]["trace"] = typical["trace"]  # the run of median total
         if "load_work" in runs_of[0]:
             work = runs_of[0]["load_work"]
             result[name]["load_work_s"] = {

@@ -1,29 +1,44 @@
-"""The ONNX Runtime floor of a cold start: import, open the session(s), one forward; nothing else.
+"""The ONNX Runtime floor of a cold start: import, open the graph(s), decode one image, forward.
 
-    python benchmarks/floor_ort.py [--ours] [--fixed-mmap-threshold] GRAPH [GRAPH ...]
+    python benchmarks/floor_ort.py [--ours] [--fixed-mmap-threshold] [--image JPEG] GRAPH [...]
 
-By default the sessions take ONNX Runtime's default options, the way anyone would first use
-it. --ours opens them with the backend's session settings (runtime/settings.py) and
---fixed-mmap-threshold applies the backend's allocator setting (backend/process.py): the
-benchmarks' "allocator" part compares the two. Prints one JSON line of wall-clock timestamps
-and the process's memory after the forward passes.
+The least a process can do to answer an image with these models: import onnxruntime, open
+each bundle's graph one after another, decode the image and preprocess it as the bundle says
+(runtime/preprocess.py: Pillow and numpy), run one forward pass per graph. By default the
+sessions take ONNX Runtime's default options, the way anyone would first use it. --ours opens
+them with the backend's session settings (runtime/settings.py) and --fixed-mmap-threshold
+applies the backend's allocator setting (backend/process.py). Without --image, a zero tensor
+is the input (no decode phase).
+
+Prints one JSON line: each phase's end in seconds from the process's own start (as the backend
+logs its phases, backend/start_trace.py), `process_started_at` on the wall clock, and the
+process's memory after the forward passes.
 """
 
 import json
+import os
 import sys
 import time
 
-marks = {"started": time.time()}
+
+def _since_start() -> float:
+    """Seconds since this process started (the kernel's record, /proc/self/stat)."""
+    with open("/proc/self/stat") as stat:
+        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+
+
+marks = {"interpreter": _since_start()}
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-marks["imported"] = time.time()
+marks["imported"] = _since_start()
 args = sys.argv[1:]
 ours = "--ours" in args
 fixed = "--fixed-mmap-threshold" in args
-paths = [a for a in args if not a.startswith("--")]
-if ours or fixed:  # the project's modules, only where asked for: the floor imports nothing more
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+image_path = args[args.index("--image") + 1] if "--image" in args else None
+paths = [a for a in args if not a.startswith("--") and a != image_path]
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 if fixed:
     from backend.process import bound_allocator
 
@@ -37,12 +52,26 @@ if ours:
 start = time.time()
 sessions = [ort.InferenceSession(p, options, providers=["CPUExecutionProvider"]) for p in paths]
 marks["open_s"] = time.time() - start
+marks["opened"] = _since_start()
+batches = [np.zeros((1, 3, 224, 224), dtype=np.float32)] * len(paths)
+if image_path is not None:  # decode once; each model's own resize and crop
+    from PIL import Image
+
+    from runtime.bundle import MANIFEST, Manifest
+
+    with Image.open(image_path) as image:
+        rgb = image.convert("RGB")
+    batches = []
+    for path in paths:
+        with open(os.path.join(os.path.dirname(path), MANIFEST)) as manifest:
+            batches.append(Manifest.from_json(manifest.read()).preprocessing.batch([rgb]))
+marks["decoded"] = _since_start()
 start = time.time()
-for session in sessions:
-    name = session.get_inputs()[0].name
-    session.run(None, {name: np.zeros((1, 3, 224, 224), dtype=np.float32)})
+for session, batch in zip(sessions, batches, strict=True):
+    session.run(None, {session.get_inputs()[0].name: batch})
 marks["forward_s"] = time.time() - start
-marks["done"] = time.time()
+marks["done"] = _since_start()
+marks["process_started_at"] = time.time() - marks["done"]
 memory = {}
 with open("/proc/self/status") as status:
     for line in status:

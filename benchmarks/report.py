@@ -41,19 +41,35 @@ def print_export(result: dict) -> None:
 def print_coldstart(name: str, result: dict) -> None:
     for cache, variants in result.items():
         print(f"\ncold start, {name}, {cache.replace('_', ' ')} (seconds, median)")
-        phases = sorted({p for v in variants.values() for p in v["phases_s"]})
+        phases = list(dict.fromkeys(p for v in variants.values() for p in v["phases_s"]))
         rows = [
             [variant, v["total_s"], *[v["phases_s"].get(p, "") for p in phases]]
             for variant, v in variants.items()
         ]
         print(table(["variant", "total", *phases], rows))
-        floor = variants["torch_floor"]["total_s"]
         baked = variants["baked"]["total_s"]
-        print(
-            f"baked/torch floor = {baked / floor:.2f}   "
-            f"baked/ort floor = {baked / variants['ort_floor']['total_s']:.2f}   "
-            f"download/baked = {variants['download']['total_s'] / baked:.2f}"
-        )
+        ratios = [
+            f"baked/{floor.replace('_', ' ')} = {baked / variants[floor]['total_s']:.2f}"
+            for floor in ("ort_floor", "ort_floor_ours", "torch_floor")
+            if floor in variants
+        ]
+        if "download" in variants:
+            ratios.append(f"download/baked = {variants['download']['total_s'] / baked:.2f}")
+        print("   ".join(ratios))
+        print_trace(variants)
+
+
+def print_trace(variants: dict) -> None:
+    """The backend's start phases beside the bare ONNX Runtime process's, from the launch."""
+    for variant in ("baked", "ort_floor"):
+        if "trace" not in variants.get(variant, {}):
+            continue
+        print(f"\n  {variant.replace('_', ' ')}: phases of the run of median total")
+        rows = [
+            [s["phase"], s["start"], s["end"], round((s["end"] - s["start"]) * 1000)]
+            for s in variants[variant]["trace"]
+        ]
+        print(table(["phase", "from s", "to s", "ms"], rows))
 
 
 def _memory_line(label: str, run: dict) -> str:
@@ -94,6 +110,31 @@ def print_serving(result: dict, model: str) -> None:
     if "v2" in result:
         print(_memory_line("v2", result["v2"]))
         print(f"v2 start (launch to first 200): {result['v2']['start_s']:.2f} s")
+
+
+def print_latency(result: dict, models: list[str]) -> None:
+    """/predict p50/p95 against a bare session.run with the same decode and preprocessing."""
+    print("\n/predict, 1 client (ms), against bare decode+preprocess+session.run in one process")
+    rows = []
+    for model in models:
+        served = result["backend"]["models"].get(model) or (
+            result.get("v2", {}).get("models", {}).get(model)
+        )
+        if served is None:
+            continue
+        lat, bare, ours = (
+            served["latency"],
+            result["bare_ort"][model],
+            result["bare_ort_ours"][model],
+        )
+        rows.append([
+            model, lat["p50_ms"], lat["p95_ms"], bare["p50_ms"], bare["p95_ms"],
+            ours["p50_ms"], ours["p95_ms"], lat["p50_ms"] / bare["p50_ms"],
+            lat["p50_ms"] / ours["p50_ms"],
+        ])  # fmt: skip
+    header = ["model", "p50", "p95", "bare default p50", "p95", "bare ours p50", "p95",
+              "/ bare default", "/ bare ours"]  # fmt: skip
+    print(table(header, rows))
 
 
 def print_knobs(result: dict, model: str) -> None:
@@ -180,42 +221,59 @@ def chart(results: dict, path: Path, model: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [k for k in ("coldstart", "serving") if k in results]
+    starts = [
+        (name, caches["warm_cache"])
+        for name, caches in results.get("coldstart", {}).items()
+        if any("trace" in v for v in caches["warm_cache"].values())
+    ]
+    panels = [("coldstart", s) for s in starts] + (
+        [("serving", None)] if "serving" in results else []
+    )
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
-    for ax, panel in zip(axes[0], panels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.2), squeeze=False)
+    for ax, (panel, start) in zip(axes[0], panels, strict=True):
         if panel == "coldstart":
-            names, bottoms = [], []
-            for set_name, caches in results["coldstart"].items():
-                for variant, v in caches["warm_cache"].items():
-                    names.append(f"{set_name}\n{variant.replace('_', ' ')}")
-                    bottoms.append(v["phases_s"])
-            phases = sorted({p for b in bottoms for p in b})
-            base = [0.0] * len(names)
-            for phase in phases:
-                values = [b.get(phase, 0.0) for b in bottoms]
-                ax.bar(names, values, bottom=base, label=phase)
-                base = [x + y for x, y in zip(base, values, strict=True)]
-            ax.set_ylabel("seconds from launch to first prediction")
-            ax.set_title("cold start (warm page cache, median)")
-            ax.legend(fontsize=8)
-            ax.tick_params(axis="x", labelsize=7)
+            _start_phases(ax, *start)
         else:
-            served = results["serving"]["backend"]["models"][model]
-            clients = [t["clients"] for t in served["throughput"]]
-            ax.plot(clients, [t["rps"] for t in served["throughput"]], "o-", label="/predict")
-            for key, style, label in (
-                ("bare_torch", "--", "bare torch eager, sequential"),
-                ("bare_ort", ":", "bare onnxruntime, sequential"),
-            ):
-                ax.axhline(results["serving"][key][model]["throughput_rps"], color="grey",
-                           linestyle=style, label=label)  # fmt: skip
-            ax.set_ylim(bottom=0)
-            ax.set_xlabel("concurrent clients")
-            ax.set_ylabel("requests per second")
-            ax.set_title(f"throughput, {model}")
-            ax.legend(fontsize=8)
+            _throughput(ax, results["serving"], model)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _start_phases(ax, name: str, variants: dict) -> None:
+    """Each start phase as a bar on the timeline from launch: backend above, bare ORT below."""
+    labels, colours = [], {"baked": "tab:blue", "ort_floor": "tab:orange"}
+    for variant in ("baked", "ort_floor"):
+        for span in variants.get(variant, {}).get("trace", []):
+            labels.append(f"{'backend' if variant == 'baked' else 'bare ORT'}: {span['phase']}")
+            ax.barh(len(labels) - 1, span["end"] - span["start"], left=span["start"],
+                    color=colours[variant])  # fmt: skip
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds from launch")
+    totals = ", ".join(
+        f"{'backend' if v == 'baked' else 'bare ORT'} {variants[v]['total_s']:.2f} s"
+        for v in ("baked", "ort_floor")
+        if v in variants
+    )
+    ax.set_title(f"cold start phases, {name} (warm page cache): {totals}", fontsize=9)
+
+
+def _throughput(ax, serving: dict, model: str) -> None:
+    served = serving["backend"]["models"][model]
+    clients = [t["clients"] for t in served["throughput"]]
+    ax.plot(clients, [t["rps"] for t in served["throughput"]], "o-", label="/predict")
+    for key, style, label in (
+        ("bare_torch", "--", "bare torch eager, sequential"),
+        ("bare_ort", ":", "bare onnxruntime, sequential"),
+    ):
+        if model in serving.get(key, {}):
+            ax.axhline(serving[key][model]["throughput_rps"], color="grey", linestyle=style,
+                       label=label)  # fmt: skip
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("requests per second")
+    ax.set_title(f"throughput, {model}")
+    ax.legend(fontsize=8)

@@ -3,7 +3,9 @@
 The bare baselines each run in a fresh process, like the backend's worker (the harness's own
 threads and children must not slow them down), on the same 640x480 JPEG:
 - torch: decode + torchvision's transforms + eager forward (torch threads = CPUs);
-- ort: decode + the runtime's preprocessing + an ONNX Runtime session with default options.
+- ort: decode + the runtime's preprocessing + an ONNX Runtime session with default options;
+- ort-ours: the same with the backend's session settings and allocator (runtime/settings.py,
+  backend/process.py): what the server adds, and nothing else.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from benchmarks.harness import (
 
 
 def bare(kind: str, source_dir: Path, model_id: str, n: int) -> dict:
-    """`kind` "torch" (a weights directory) or "ort" (a bundles directory), in a fresh process."""
+    """`kind` "torch" (a weights directory), "ort" or "ort-ours" (a bundles directory), in a
+    fresh process."""
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.serving", kind, str(source_dir), model_id, str(n)],
         cwd=ROOT,
@@ -63,13 +66,21 @@ def _bare_torch(weights_dir: Path, model_id: str):
     return forward
 
 
-def _bare_ort(bundles_dir: Path, model_id: str):
+def _bare_ort(bundles_dir: Path, model_id: str, ours: bool = False):
     import onnxruntime as ort
 
     from runtime.bundle import Bundle
 
+    options = None
+    if ours:
+        from backend.process import bound_allocator
+        from runtime.session import session_options
+        from runtime.settings import SessionSettings, available_cpus
+
+        bound_allocator()
+        options = session_options(SessionSettings(threads=available_cpus()))
     bundle = Bundle.read(bundles_dir / model_id, fix="-")
-    session = ort.InferenceSession(str(bundle.graph), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(bundle.graph), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     preprocessing = bundle.manifest.preprocessing
 
@@ -80,7 +91,10 @@ def _bare_ort(bundles_dir: Path, model_id: str):
 
 
 def _bare_in_process(kind: str, source_dir: Path, model_id: str, n: int) -> dict:
-    forward = (_bare_torch if kind == "torch" else _bare_ort)(source_dir, model_id)
+    if kind == "torch":
+        forward = _bare_torch(source_dir, model_id)
+    else:
+        forward = _bare_ort(source_dir, model_id, ours=kind == "ort-ours")
     data = test_image()
 
     def once() -> float:

@@ -7,12 +7,16 @@ Standard library only. Shared by the fetch step (weights.lock), the bake step an
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-_CHUNK = 1 << 20
+# Hashed in slices of a memory map: no copy, and one GIL hand-over per slice (hashlib releases
+# the GIL while it hashes). With 1 MB reads a start's hashing thread waited for the GIL 1,600
+# times a second while the main thread imported modules, and hashed at a fifth of its speed.
+_SLICE = 32 << 20
 
 
 def size_problem(path: Path, size: int) -> str | None:
@@ -24,13 +28,19 @@ def size_problem(path: Path, size: int) -> str | None:
 
 
 def sha256_of(path: Path, should_stop: Callable[[], bool] | None = None) -> str | None:
-    """The file's sha256 (hex), read a megabyte at a time; None if `should_stop()` turned true."""
+    """The file's sha256 (hex); None if `should_stop()` turned true (checked every 32 MB)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            if should_stop is not None and should_stop():
-                return None
+        if os.fstat(f.fileno()).st_size == 0:  # an empty file cannot be mapped
+            return digest.hexdigest()
+        with (
+            mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+            memoryview(mapped) as view,
+        ):
+            for start in range(0, len(view), _SLICE):
+                digest.update(view[start : start + _SLICE])
+                if should_stop is not None and should_stop():
+                    return None
     return digest.hexdigest()
 
 

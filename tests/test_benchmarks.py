@@ -29,16 +29,28 @@ def test_quick_benchmark_measures_every_variant_and_writes_results(tmp_path):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["export"]["resnet18"]["export_s"] > 0
     warm = results["coldstart"]["resnet18"]["warm_cache"]
-    assert set(warm) == {"baked", "download", "torch_floor", "ort_floor"}
+    assert set(warm) == {"baked", "download", "torch_floor", "ort_floor", "ort_floor_ours"}
     assert all(v["total_s"] > 0 for v in warm.values())
     assert warm["baked"]["phases_s"]["load"] > 0
-    assert warm["baked"]["load_work_s"]["verify_total"] > 0
+    assert warm["baked"]["load_work_s"]["digest_data_total"] > 0
+    # The start's phases, on one timeline from the launch, beside the bare process's own
+    backend = {s["phase"]: s for s in warm["baked"]["trace"]}
+    for name in ("interpreter", "imports", "settings", "bundles", "open resnet18",
+                 "digest_data resnet18", "warm_up resnet18", "load", "first_request"):  # fmt: skip
+        assert 0 <= backend[name]["start"] <= backend[name]["end"] <= warm["baked"]["total_s"]
+    assert backend["warm_up resnet18"]["start"] >= backend["digest_data resnet18"]["end"]
+    floor = [s["phase"] for s in warm["ort_floor"]["trace"]]
+    assert floor == ["interpreter", "import", "open", "decode", "forward"]
+    assert "baked: phases of the run of median total" in result.stdout
+    assert "ort floor: phases of the run of median total" in result.stdout
     serving = results["serving"]
     served = serving["backend"]["models"]["resnet18"]
     assert served["latency"]["p50_ms"] > 0
     assert all(t["errors"] == 0 and t["ok"] > 0 for t in served["throughput"])
     assert serving["bare_torch"]["resnet18"]["p50_ms"] > 0
     assert serving["bare_ort"]["resnet18"]["p50_ms"] > 0
+    assert serving["bare_ort_ours"]["resnet18"]["p50_ms"] > 0
+    assert "/predict, 1 client (ms), against bare decode+preprocess+session.run" in result.stdout
     assert serving["backend"]["model_files_mib"] > 40  # resnet18's 45 MB of weights
     assert set(results["knobs"]) >= {"default", "memory_arena=on", "prepacking=on"}
     allocator = results["allocator"]["resnet18"]

@@ -17,7 +17,11 @@ import pytest
 import requests
 from PIL import Image
 
-from runtime.bundle import GRAPH, GRAPH_DATA, MANIFEST, REFERENCE_IMAGE
+from backend.app import create_app
+from backend.services import services
+from backend.settings import Settings
+from runtime.bundle import GRAPH, GRAPH_DATA, MANIFEST, REFERENCE_IMAGE, Bundle
+from runtime.settings import SessionSettings
 from tests.backend_process import start_backend
 from tests.imagegen import png_header_claiming
 from tests.upstream import PNG_BYTES, upstream_server
@@ -424,6 +428,48 @@ def test_start_refuses_an_altered_bundle_naming_the_file(bundles_dir, tmp_path, 
     assert "reference image" not in log
     assert '"event": "ready"' not in log
     assert "Traceback" not in log.split('"event": "load_failed"')[0]
+
+
+def test_no_model_answers_until_every_digest_matched(bundles_dir, tmp_path, monkeypatch):
+    """The models open side by side and the digests run beside them, so one model can be open
+    and warm while another's weights are still being hashed: no /predict is answered until
+    every digest matched, and an altered file then ends the start naming it."""
+    dest = _copy(bundles_dir, tmp_path)
+    data = dest / "mobilenet_v3_large" / GRAPH_DATA
+    _alter(data, "mantissa")
+    release, real_verify = threading.Event(), Bundle.verify
+
+    def held_digest(self, *, files=None, **kwargs):
+        if self.id == "mobilenet_v3_large" and files == (GRAPH_DATA,):
+            assert release.wait(30)  # the weights are still being hashed
+        return real_verify(self, files=files, **kwargs)
+
+    monkeypatch.setattr(Bundle, "verify", held_digest)
+    settings = Settings(
+        bundles_dir=dest,
+        models="resnet18,mobilenet_v3_large",
+        session=SessionSettings(threads=2),
+        background_load=True,
+    )
+    app = create_app(settings)
+    client, models = app.test_client(), services(app).models
+    try:
+        deadline = time.monotonic() + 60
+        while models.loaded_count() < 1:  # resnet18 verified, opened and warm
+            assert time.monotonic() < deadline and not models.failure, models.failure
+            time.sleep(0.01)
+        predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
+        answer = client.post("/predict", data=predict)
+        assert answer.status_code == 503 and answer.json["error"]["code"] == "not_ready"
+    finally:
+        release.set()
+    while models.failure is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert str(data) in models.failure and "altered" in models.failure
+    predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
+    assert client.post("/predict", data=predict).status_code == 503
+    assert not models.ready
 
 
 def _rss_kb(pid: int) -> int:
