@@ -30,22 +30,23 @@ class Size:
     concurrency: int
 
 
-# Sizes derive from `python -m benchmarks --only memory` (benchmarks/RESULTS.md, "Memory under
-# load"): the worker's peak when every request thread sends the worst image the limits admit,
-# plus ~40 MiB for gunicorn's master, times 1.5 for what this machine cannot show (another CPU,
-# another allocator), rounded up to 512 MiB. The container tests run the images with them.
+# Sizes are checked, not guessed: a container test (tests/test_containers.py,
+# `test_backend_stays_under_90_percent_...`) runs each service at its size while every request
+# thread sends the worst 36-MP image the limits admit, and fails above 90 % (benchmarks/
+# RESULTS.md, "The worst inputs at the deployed limits"). The margin left is for what this
+# machine cannot show (another CPU, another allocator).
 # Each backend instance takes 8 requests at once, one request thread each (REQUEST_THREADS):
 # more would queue inside the instance instead of making Cloud Run start another.
 THREADS = 8
 BACKEND_SIZES = {
-    # resnet152 alone: settled 331 MiB, peak 747 -> 1536 MiB; CPU boost doubles the CPU at start.
+    # resnet152 alone: settled 321 MiB, peak 931 (61 %); CPU boost doubles the CPU at start.
     "v1": Size("1536Mi", 1, THREADS),
-    # the four in one process: settled 1551 MiB (1.45 GB of bundles, mostly mapped), peak
-    # 1967 -> 3 GiB; two cores for each forward pass and for the slowest start (3 s on 2 cores).
+    # the four in one process: settled 1543 MiB (1.45 GB of bundles, mostly mapped), peak 2152
+    # (70 %); two cores for each forward pass and for the slowest start (4 s on 2 cores).
     "v2": Size("3Gi", 2, THREADS),
 }
-# v3, one service per model, by the same rule: peaks resnet152 747, convnext_base 856, swin_b
-# 909 -> 1536 MiB; vgg16 1041 -> 2 GiB. Another model gets the default.
+# v3, one service per model, by the same rule: peaks resnet152 931, convnext_base 1041, swin_b
+# 1047 of 1536 MiB (61-68 %); vgg16 1224 of 2 GiB (60 %). Another model gets the default.
 V3_SIZES = {
     "resnet152": Size("1536Mi", 1, THREADS),
     "convnext_base": Size("1536Mi", 1, THREADS),
