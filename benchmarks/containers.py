@@ -7,7 +7,7 @@ catalog that points there. Three cold starts, each from `podman run`:
 
 (a) baked        the backend code image as Cloud Run runs it, to its first 200 /predict
 (b) ort floor    benchmarks/floor_ort.py in the same image: import, open, one forward, exit
-(c) torch floor  benchmarks/floor.py in the bake stage's image (the serving image has no
+(c) torch floor  benchmarks/floor.py in the bake image (the serving image has no
                  torch): import torch+torchvision, read, build, one forward, exit
 """
 
@@ -94,10 +94,7 @@ def _images(name: str, ids: list[str], urls: dict[str, Served], work: Path) -> t
         "MODELS": ",".join(ids),
         "WEIGHTS_CATALOG": f"/build/{BENCH_CATALOG}",
     }
-    base_file = "docker/backend-base.Dockerfile"
-    _, bake_s = containers.build(base_file, tags["bake"], context=context, build_args=args,
-                                 target="bake")  # fmt: skip
-    _, base_s = containers.build(base_file, tags["base"], context=context, build_args=args)
+    bake_s, base_s = containers.build_backend_base(context, tags["bake"], tags["base"], args)
     _, code_s = containers.build(
         "docker/backend.Dockerfile", tags["code"], context=context,
         build_args={"BASE_IMAGE_URI": tags["base"]},
@@ -106,7 +103,7 @@ def _images(name: str, ids: list[str], urls: dict[str, Served], work: Path) -> t
     bundles_mb = _size_mb(tags["code"], "/opt/bundles")
     return tags, {
         "bake_stage_build_s": bake_s,  # fetch + export + verify (torch layers cached or not)
-        "runtime_stage_build_s": base_s,  # the serving stage, the bake stage from cache
+        "runtime_stage_build_s": base_s,  # the base: serving dependencies, the bake's bundles
         "code_build_s": code_s,
         "image_mb": image_mb,
         "bundles_mb": bundles_mb,
@@ -116,7 +113,7 @@ def _images(name: str, ids: list[str], urls: dict[str, Served], work: Path) -> t
 
 
 def build_images(name: str, ids: list[str], work: Path) -> tuple[dict, dict]:
-    """The bake stage, base and code images of `ids`, with generated weights of their real
+    """The bake, base and code images of `ids`, with generated weights of their real
     sizes: the tags (bake, base, code) and the build figures."""
     server, served = _origin(ids, work / name)
     try:

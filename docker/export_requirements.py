@@ -4,15 +4,16 @@
     uv run python docker/export_requirements.py --check  # exit 1 if any file is stale
 
 The images install with pip from these files, so they build without uv and with the very
-versions the project tests with. The backend base has two stages (docker/backend-base.Dockerfile):
+versions the project tests with. The backend is built in two images (docker/backend-bake.Dockerfile,
+then docker/backend-base.Dockerfile):
 
-- requirements-torch.txt: torch and torchvision, for the bake stage, installed first from the
+- requirements-torch.txt: torch and torchvision, for the bake image, installed first from the
   PyTorch CPU index (their own layer: the largest, and the one that changes least often);
 - requirements-bake.txt: every other locked package of the `bake` group (the ONNX exporter,
   onnxruntime for the verification, the Hub client...), including torch's pure-Python
   dependencies, minus the CUDA runtime (nvidia-*, cuda-*, triton) that only the PyPI build of
   torch needs;
-- requirements-backend.txt: the `backend` group, what the serving stage runs: no torch.
+- requirements-backend.txt: the `backend` group, what the base image serves with: no torch.
 """
 
 from __future__ import annotations

@@ -157,10 +157,9 @@ def build(
     *,
     context: Path = ROOT,
     build_args: Mapping[str, str] | None = None,
-    target: str | None = None,
     timeout: float = 3600,
 ) -> tuple[subprocess.CompletedProcess, float]:
-    """Build an image (or one `target` stage) from a project Dockerfile; give it and seconds.
+    """Build an image from a project Dockerfile; give the result and its seconds.
 
     Layers are cached (--layers); a Dockerfile that takes PIP_CERT gets the host's CA
     bind-mounted (never stored in a layer); the build shares the host's network, so a server
@@ -178,8 +177,6 @@ def build(
         "--tag",
         tag,
     ]
-    if target:
-        args += ["--target", target]
     build_args = dict(build_args or {})
     if "ARG PIP_CERT" in (context / dockerfile).read_text():
         args += ["--volume", f"{HOST_CA}:{BUILD_CA}:ro"]
@@ -189,6 +186,21 @@ def build(
     started = time.monotonic()
     result = podman(*args, str(context), timeout=timeout)
     return result, time.monotonic() - started
+
+
+def build_backend_base(
+    context: Path, bake_tag: str, base_tag: str, build_args: Mapping[str, str]
+) -> tuple[float, float]:
+    """The backend's bake image, then its base image with the bake's bundles: the two builds
+    of deployment/steps/base.sh. Give the seconds of each."""
+    _, bake_seconds = build(
+        "docker/backend-bake.Dockerfile", bake_tag, context=context, build_args=build_args
+    )
+    _, base_seconds = build(
+        "docker/backend-base.Dockerfile", base_tag, context=context,
+        build_args={**build_args, "BAKE_IMAGE": bake_tag},
+    )  # fmt: skip
+    return bake_seconds, base_seconds
 
 
 def layers(reference: str) -> list[str]:

@@ -84,6 +84,27 @@ def found(log: str) -> bool:
     return bool(re.search(r"found \S+:inputs-\w+: not rebuilt", log))
 
 
+def ran(log: str) -> list[str]:
+    """The Dockerfile steps a build ran rather than took from its cache (the classic builder
+    prints "Running in" under a step it runs)."""
+    steps, step = [], ""
+    for line in log.splitlines():
+        if line.startswith("Step "):
+            step = line
+        elif line.startswith(" ---> Running in") and step:
+            steps.append(step)
+            step = ""
+    return steps
+
+
+def ran_any(log: str, *commands: str) -> list[str]:
+    return [step for step in ran(log) if any(command in step for command in commands)]
+
+
+# The bake image's steps that cost minutes: torch (~5 GB here), the weights, the export.
+BAKE_COMMANDS = ("requirements-torch.txt", "python -m weights fetch", "python -m bake ")
+
+
 def test_first_build_builds_and_pushes_the_base(docker_engine, registry, workspace):
     done = build("backend_v1", workspace, docker_engine, registry)
     assert "backend_v1_base:inputs-" in done.log and not found(done.log)
@@ -122,6 +143,8 @@ def test_a_dependency_change_rebuilds_the_base_reusing_unchanged_layers(
     done = build("backend_v1", workspace, docker_engine, registry)
     base = image(registry, "backend_v1_base", "latest")
     assert not found(done.log)
+    # On a fresh worker, the registry alone brings back torch, the weights and the export.
+    assert not ran_any(done.log, *BAKE_COMMANDS), ran(done.log)
     # The new dependency is in the new base.
     docker_engine.run("run", "--rm", "--entrypoint=python", base, "-c", "import six")
     bake_after, base_after = layers(registry, "backend_bake"), layers(registry, "backend_v1_base")
@@ -156,6 +179,10 @@ def test_v3_builds_an_image_per_model_sharing_the_run_time_layers(
     models = ["resnet18", "mobilenet_v3_large"]
     done = build("backend_v3", workspace, docker_engine, registry, fresh=False,
                  _MODELS=",".join(models))  # fmt: skip
+    # torch is installed by no model's build (the bake image's cache), and the serving
+    # dependencies once (the first model's; the second's base is cached from it).
+    assert not ran_any(done.log, "requirements-torch.txt"), ran(done.log)
+    assert len(ran_any(done.log, "requirements-backend.txt")) <= 1, ran(done.log)
     first, second = (layers(registry, f"backend_v3_{m}", done.build_id) for m in models)
     shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
     print(f"v3: the two images share their first {shared} of {len(first)} layers")

@@ -2,7 +2,7 @@
 
 Local substitutes stand in for what this machine cannot reach (tests/containers.py): a
 debootstrap Python image for python:3.11-slim, pip's default index for the PyTorch CPU index
-(CUDA wheels that run on a CPU: a ~5 GB bake stage, which the image does not keep), and the
+(CUDA wheels that run on a CPU: a ~5 GB bake image, which the image does not keep), and the
 tests' weights origin on 127.0.0.1 with its own catalog for torchvision's file host. The first
 run installs podman and builds the torch layers (many minutes); podman keeps the layers, so
 later runs take seconds.
@@ -30,11 +30,12 @@ RUN_ID = uuid.uuid4().hex[:8]
 # in them, so the next run reuses the torch layers (minutes) instead of downloading them again.
 FRONTEND_BASE = "localhost/baked-vision-frontend-base:test"
 FRONTEND = "localhost/baked-vision-frontend:test"
+BACKEND_BAKE = "localhost/baked-vision-backend-bake:test"
 BACKEND_BASE = "localhost/baked-vision-backend-base:test"
 BACKEND = "localhost/baked-vision-backend:test"
-# Where the test catalog lands in the bake stage, which copies weights/ to /build/weights.
+# Where the test catalog lands in the bake image, which copies weights/ to /build/weights.
 TEST_CATALOG = "weights/test-catalog.toml"
-# What the serving image must not hold: the bake stage's tools and the raw weights.
+# What the serving image must not hold: the bake image's tools and the raw weights.
 BUILD_ONLY_PACKAGES = {"torch", "torchvision", "onnx", "onnxscript", "huggingface-hub",
                        "safetensors", "triton"}  # fmt: skip
 BUILD_ONLY_MODULES = ("torch", "torchvision", "onnx", "onnxscript", "huggingface_hub", "weights")
@@ -78,24 +79,27 @@ def backend_context(tmp_path_factory, weights_origin) -> Path:
 
 
 def build_backend_base(
-    context: Path, python_image: str, *, tag: str = BACKEND_BASE, models: str = "resnet18"
-):
-    return containers.build(
-        "docker/backend-base.Dockerfile",
-        tag,
-        context=context,
-        build_args={
-            "PYTHON_IMAGE": python_image,
-            "TORCH_INDEX_URL": "",  # the CPU index is out of reach here: pip's default index
-            "MODELS": models,
-            "WEIGHTS_CATALOG": f"/build/{TEST_CATALOG}",
-        },
-    )
+    context: Path,
+    python_image: str,
+    *,
+    tag: str = BACKEND_BASE,
+    bake: str = BACKEND_BAKE,
+    models: str = "resnet18",
+) -> float:
+    """The bake image, then the base with its bundles, as deployment/steps/base.sh builds them;
+    give the seconds of both."""
+    build_args = {
+        "PYTHON_IMAGE": python_image,
+        "TORCH_INDEX_URL": "",  # the CPU index is out of reach here: pip's default index
+        "MODELS": models,
+        "WEIGHTS_CATALOG": f"/build/{TEST_CATALOG}",
+    }
+    return sum(containers.build_backend_base(context, bake, tag, build_args))
 
 
 @pytest.fixture(scope="session")
 def backend_base(backend_context, python_image):
-    _, seconds = build_backend_base(backend_context, python_image)
+    seconds = build_backend_base(backend_context, python_image)
     print(
         f"\nbackend base built in {seconds:.1f}s ({containers.image_size_mb(BACKEND_BASE):.0f} MB)"
     )
@@ -234,7 +238,7 @@ def test_backend_base_holds_verified_bundles_and_no_torch(backend_base):
     found = containers.run_in(backend_base, ["python", "-c", probe % (BUILD_ONLY_MODULES,)])
     assert found.strip() == "[]"
     assert containers.run_in(backend_base, ["id", "-u"]).strip() == "10001"
-    # Nothing else of the bake stage: no weights files, no build directory, no CA bundle (buildah
+    # Nothing else of the bake image: no weights files, no build directory, no CA bundle (buildah
     # leaves only an empty mount point), no pip download cache.
     # (small .pth files are Python's path configuration, not weights)
     weights_files = (
@@ -255,13 +259,16 @@ def test_per_model_images_share_the_dependency_layers_and_hold_their_model_only(
     backend_base, backend_context, python_image
 ):
     """v3's images: one per model, from the same base Dockerfile with MODELS=<that model>."""
-    other_base = f"localhost/baked-vision-backend-base-other:{RUN_ID}"  # its own layers: removed
+    # Their own layers: removed after.
+    other_bake = f"localhost/baked-vision-backend-bake-other:{RUN_ID}"
+    other_base = f"localhost/baked-vision-backend-base-other:{RUN_ID}"
     other = f"localhost/baked-vision-backend-other:{RUN_ID}"
     name = f"baked-vision-backend-other-{RUN_ID}"
     try:
-        _, seconds = build_backend_base(
-            backend_context, python_image, tag=other_base, models="mobilenet_v3_large"
-        )
+        seconds = build_backend_base(
+            backend_context, python_image, tag=other_base, bake=other_bake,
+            models="mobilenet_v3_large",
+        )  # fmt: skip
         build_backend(backend_context)
         build_backend(backend_context, base=other_base, tag=other)
         base_layers, other_layers = containers.layers(backend_base), containers.layers(other_base)
@@ -297,7 +304,7 @@ def test_per_model_images_share_the_dependency_layers_and_hold_their_model_only(
         )
     finally:
         containers.podman("rm", "--force", name, check=False)
-        remove_images(other, other_base)
+        remove_images(other, other_base, other_bake)
 
 
 HOME_PROBE = """
@@ -332,7 +339,7 @@ def test_code_change_rebuilds_only_the_code_layers(backend_base, backend_context
     init = backend_context / "backend" / "__init__.py"
     init.write_text(init.read_text() + f"# changed by a test {RUN_ID}\n")
     base_id = containers.image_id(backend_base)
-    _, base_seconds = build_backend_base(backend_context, python_image)
+    base_seconds = build_backend_base(backend_context, python_image)
     assert containers.image_id(backend_base) == base_id
     second_seconds = build_backend(backend_context)
     second_layers = containers.layers(BACKEND)

@@ -389,15 +389,17 @@ def test_cloud_build_file_substitutions_and_build_args_agree(path):
     # Google's mirror of Docker Hub: no anonymous pull limits; the Dockerfiles' default is the same
     python = config["substitutions"]["_PYTHON_IMAGE"]
     assert python.startswith("mirror.gcr.io/")
-    for dockerfile in set(re.findall(r"docker/[\w-]+-base\.Dockerfile", text)):
+    base_files = set(re.findall(r"docker/[\w-]+-ba(?:s|k)e\.Dockerfile", text))
+    for dockerfile in base_files:
         assert f"ARG PYTHON_IMAGE={python}\n" in (ROOT / dockerfile).read_text()
-    # --build-arg=NAME=${_NAME}: each name an ARG of the Dockerfile it builds
-    for dockerfile in set(re.findall(r"docker/[\w-]+\.Dockerfile", text)):
-        declared = set(re.findall(r"^ARG (\w+)", (ROOT / dockerfile).read_text(), re.M))
-        if "base" in dockerfile:
-            passed = set(re.findall(r"--build-arg=\"?(\w+)=", text)) - {"BASE_IMAGE_URI"}
-            assert passed <= declared, (dockerfile, passed - declared)
-            assert {f"_{a}" for a in passed if a != "MODELS"} <= set(config["substitutions"])
+    # --build-arg=NAME=${_NAME}: each name an ARG of the Dockerfiles base.sh builds (the base's
+    # and, for the backend, the bake image's: base.sh passes both the same arguments)
+    declared = set()
+    for dockerfile in base_files:
+        declared |= set(re.findall(r"^ARG (\w+)", (ROOT / dockerfile).read_text(), re.M))
+    passed = set(re.findall(r"--build-arg=\"?(\w+)=", text)) - {"BASE_IMAGE_URI"}
+    assert passed <= declared, (base_files, passed - declared)
+    assert {f"_{a}" for a in passed if a != "MODELS"} <= set(config["substitutions"])
     for step in config["steps"]:
         for arg in step.get("args", []):
             for relative in re.findall(

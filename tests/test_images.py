@@ -81,7 +81,7 @@ def test_requirements_leave_torch_to_the_torch_layer_and_serve_without_it():
     assert not backend & never_served
     assert not gpu(backend)
     assert {"onnxruntime", "flask", "gunicorn", "numpy", "pillow"} <= backend
-    # The bake stage: the exporter and its checker; torch's own dependencies come from the lock,
+    # The bake image: the exporter and its checker; torch's own dependencies come from the lock,
     # since the CPU wheels install with --no-deps from requirements-torch.txt.
     bake = requirement_names("bake")
     assert not bake & {"torch", "torchvision"}
@@ -99,7 +99,12 @@ def test_dockerfile_passes_hadolint(path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+# The bake image is a build step (docker/backend-bake.Dockerfile): it runs during builds only,
+# and only its bundles reach an image that serves.
+SERVED_DOCKERFILES = [path for path in DOCKERFILES if path.name != "backend-bake.Dockerfile"]
+
+
+@pytest.mark.parametrize("path", SERVED_DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_runs_as_a_numeric_non_root_user(path):
     users = re.findall(r"^USER\s+(\S+)", path.read_text(), flags=re.MULTILINE)
     assert users, f"{path.name} sets no USER"
@@ -136,10 +141,14 @@ def test_frontend_base_installs_no_torch():
     assert not re.search(r"^(torch|torchvision|nvidia-)", requirements, flags=re.MULTILINE)
 
 
-def test_backend_base_compiles_in_a_bake_stage_and_serves_only_bundles():
+def test_backend_base_serves_only_the_bundles_of_a_bake_image_built_before_it():
+    ((_, bake),) = stages(DOCKER / "backend-bake.Dockerfile")
     found = stages(DOCKER / "backend-base.Dockerfile")
-    assert [name for name, _ in found] == ["bake", "runtime"], "bake, then the image: runtime"
-    (_, bake), (_, runtime) = found
+    assert [name for name, _ in found] == ["bake", "runtime"], "the bake image, then runtime"
+    (_, bake_image), (_, runtime) = found
+    # The bake image is built before, by its own build (deployment/steps/base.sh): here it is
+    # named only, so that the base's build has one cache image, the previous base.
+    assert bake_image == ["FROM ${BAKE_IMAGE} AS bake"]
 
     # bake: torch, then the weights, then the export of those weights into /opt/bundles.
     def first(steps: list[str], needle: str) -> int:
@@ -152,7 +161,7 @@ def test_backend_base_compiles_in_a_bake_stage_and_serves_only_bundles():
     assert torch_install < fetch < export
     assert "--dest /opt/bundles" in bake[export]
 
-    # runtime: a fresh Python image, not the bake stage, and nothing of torch or the weights.
+    # runtime: a fresh Python image, not the bake image, and nothing of torch or the weights.
     assert re.match(r"FROM \$\{PYTHON_IMAGE\} AS runtime$", runtime[0])
     text = "\n".join(runtime)
     for never in ("torch", "requirements-bake", "weights fetch", "WEIGHTS_DIR", "HF_HUB_OFFLINE"):
@@ -168,9 +177,9 @@ def test_backend_base_compiles_in_a_bake_stage_and_serves_only_bundles():
     assert all("useradd" in step for step in later), later
 
 
-@pytest.mark.parametrize("component", ["backend", "frontend"])
-def test_base_builds_with_or_without_buildkit_and_an_optional_pip_ca(component):
-    text = (DOCKER / f"{component}-base.Dockerfile").read_text()
+@pytest.mark.parametrize("image", ["backend-bake", "backend-base", "frontend-base"])
+def test_base_builds_with_or_without_buildkit_and_an_optional_pip_ca(image):
+    text = (DOCKER / f"{image}.Dockerfile").read_text()
     assert "--mount=" not in text, "a BuildKit-only feature: the classic builder rejects it"
     assert re.search(r'^ARG PIP_CERT=""$', text, flags=re.MULTILINE)
     # Each pip step treats an empty PIP_CERT as unset: pip's own CAs in production.
@@ -183,8 +192,8 @@ def test_base_builds_with_or_without_buildkit_and_an_optional_pip_ca(component):
 def test_backend_base_declares_each_arg_just_before_its_first_use():
     """Every RUN after an ARG is cached by its value: a new model set must not rebuild torch."""
     weights_args = ("MODELS", "WEIGHTS_MIRROR", "HF_ENDPOINT", "WEIGHTS_CATALOG")
+    ((_, bake),) = stages(DOCKER / "backend-bake.Dockerfile")
     found = dict(stages(DOCKER / "backend-base.Dockerfile"))
-    bake = found["bake"]
 
     def first(pattern: str) -> int:
         return next(i for i, step in enumerate(bake) if re.match(pattern, step))
@@ -238,8 +247,8 @@ def test_gcloudignore_uploads_what_the_build_reads():
 
 
 def _fetch_step() -> str:
-    """The backend base's RUN that fetches the weights, as the shell runs it."""
-    text = (DOCKER / "backend-base.Dockerfile").read_text().replace("\\\n", " ")
+    """The bake image's RUN that fetches the weights, as the shell runs it."""
+    text = (DOCKER / "backend-bake.Dockerfile").read_text().replace("\\\n", " ")
     (run,) = [line for line in text.splitlines() if "weights fetch" in line]
     return run.removeprefix("RUN ")
 
