@@ -156,6 +156,7 @@ class FrontServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = "idle"
+        _no_delay(writer)
         peer = writer.get_extra_info("peername") or ("", 0)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         try:
@@ -413,3 +414,17 @@ def _call_app(app: WsgiApp, environ: dict) -> tuple[int, list[tuple[bytes, bytes
         return _error_answer(_Refusal(500))
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in started["headers"]]
     return int(started["status"].split(" ", 1)[0]), headers, payload
+
+
+def _no_delay(writer: asyncio.StreamWriter) -> None:
+    """Send each answer as soon as it is written (TCP_NODELAY).
+
+    asyncio sets it only on sockets whose protocol number says TCP, and a socket from
+    `socket.create_server` (ours: backend/launch.py) says 0. Without it, the body of an answer
+    waited for the client to acknowledge its headers: Nagle's algorithm against the client's
+    delayed ACK, ~40 ms on every answer (/predict on resnet152: 164 ms at the client, 118 ms
+    in the server).
+    """
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
