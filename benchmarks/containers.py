@@ -94,7 +94,7 @@ def _images(name: str, ids: list[str], urls: dict[str, Served], work: Path) -> t
         "MODELS": ",".join(ids),
         "WEIGHTS_CATALOG": f"/build/{BENCH_CATALOG}",
     }
-    bake_s, base_s = containers.build_backend_base(context, tags["bake"], tags["base"], args)
+    bake_s, base_s = containers.build_bake_and_base(context, tags["bake"], tags["base"], args)
     _, code_s = containers.build(
         "docker/backend.Dockerfile", tags["code"], context=context,
         build_args={"BASE_IMAGE_URI": tags["base"]},

@@ -188,7 +188,7 @@ def build(
     return result, time.monotonic() - started
 
 
-def build_backend_base(
+def build_bake_and_base(
     context: Path, bake_tag: str, base_tag: str, build_args: Mapping[str, str]
 ) -> tuple[float, float]:
     """The backend's bake image, then its base image with the bake's bundles: the two builds

@@ -94,7 +94,7 @@ def build_backend_base(
         "MODELS": models,
         "WEIGHTS_CATALOG": f"/build/{TEST_CATALOG}",
     }
-    return sum(containers.build_backend_base(context, bake, tag, build_args))
+    return sum(containers.build_bake_and_base(context, bake, tag, build_args))
 
 
 @pytest.fixture(scope="session")

@@ -389,7 +389,7 @@ def test_cloud_build_file_substitutions_and_build_args_agree(path):
     # Google's mirror of Docker Hub: no anonymous pull limits; the Dockerfiles' default is the same
     python = config["substitutions"]["_PYTHON_IMAGE"]
     assert python.startswith("mirror.gcr.io/")
-    base_files = set(re.findall(r"docker/[\w-]+-ba(?:s|k)e\.Dockerfile", text))
+    base_files = set(re.findall(r"docker/[\w-]+-(?:base|bake)\.Dockerfile", text))
     for dockerfile in base_files:
         assert f"ARG PYTHON_IMAGE={python}\n" in (ROOT / dockerfile).read_text()
     # --build-arg=NAME=${_NAME}: each name an ARG of the Dockerfiles base.sh builds (the base's
