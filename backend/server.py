@@ -10,10 +10,11 @@ framing: Content-Length and chunk sizes as ASCII digits, one Transfer-Encoding);
 the server gives itself (a malformed request, headers too large, a body over the limit, a
 timeout) is the JSON error body of the HTTP contract, never HTML.
 
-Stopping: `stop()` (SIGTERM) closes the listening socket and idle connections, answers 503
-`shutting_down` to requests still being read, and lets the requests in the threads finish;
-waits inside them end early (backend/stopping.py). At the graceful stop whatever is still
-unanswered gets a 503 with Retry-After, then the server returns.
+Stopping: `stop()` (SIGTERM) closes the listening socket at once; a connection then has a
+last call (`_LAST_CALL_S`) for a request already on its way; after it, idle connections are
+closed, requests still being read are answered 503 `shutting_down`, and the requests in the
+threads finish; waits inside them end early (backend/stopping.py). At the graceful stop
+whatever is still unanswered gets a 503 with Retry-After, then the server returns.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 _READ_SIZE = 64 * 1024
 _LINGER_S = 2.0  # after refusing a request, how long its remaining bytes are read and dropped
+# After SIGTERM, how long a kept-alive connection may still bring a request. A client sends its
+# next request on an idle connection whenever it likes; closing that connection the moment the
+# stop comes cuts off a request already sent (HTTP's keep-alive race: once in a CI run, a
+# client polling /health got no answer). A request that arrives in this moment is served.
+_LAST_CALL_S = 0.25
 _MAX_TARGET_BYTES = 8 * 1024  # the path and query: ours are short; 8 KB as most servers
 _REASONS = {
     400: ("bad_request", "the request is not valid HTTP/1.1"),
@@ -102,11 +108,13 @@ class FrontServer:
     ) -> None:
         self.app = app
         self.sock = sock
+        self.address = sock.getsockname()[:2]  # kept: the socket is closed at the stop
         self.limits = limits
         self.stop_signal = stop_signal
         self.threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="request")
         self._buffered = 0
         self._connections: dict[asyncio.Task, str] = {}  # task -> "idle", "reading" or "busy"
+        self._server: asyncio.Server | None = None
         self._stopping: asyncio.Event | None = None
         self._hard_stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,13 +125,15 @@ class FrontServer:
         """Serve until `stop()`; then answer or refuse what is held, within the graceful stop."""
         self._loop = asyncio.get_running_loop()
         self._stopping, self._hard_stop = asyncio.Event(), asyncio.Event()
-        server = await asyncio.start_server(self._connection, sock=self.sock)
-        host, port = self.sock.getsockname()[:2]
+        self._server = await asyncio.start_server(self._connection, sock=self.sock)
+        host, port = self.address
         log.info("listening at http://%s:%s", host, port, extra={"event": "listening"})
         await self._stopping.wait()
-        server.close()  # no new connections
+        self._server.close()  # if stop() came before the server existed
         stopped_at = time.monotonic()
         on_stop()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=_LAST_CALL_S)
         for task, state in list(self._connections.items()):
             if state != "busy":  # idle or still sending: nothing of theirs runs yet
                 task.cancel()
@@ -144,6 +154,10 @@ class FrontServer:
     def stop(self) -> None:
         """Begin the graceful stop (call from the loop's thread, e.g. its signal handler)."""
         self.stop_signal.stop(self.limits.graceful_s)
+        if self._server is not None:
+            # Now, before any answer says "Connection: close": a client that connects again is
+            # refused (and goes elsewhere), not taken into the kernel's backlog and then reset.
+            self._server.close()
         if self._stopping is not None:
             self._stopping.set()
 
@@ -283,7 +297,7 @@ class FrontServer:
     # --- running a request ---------------------------------------------------------------
 
     async def _dispatch(self, request: h11.Request, body: bytes, peer) -> tuple:
-        environ = _environ(request, body, peer, self.sock.getsockname())
+        environ = _environ(request, body, peer, self.address)
         future = asyncio.wrap_future(self.threads.submit(_call_app, self.app, environ))
         assert self._hard_stop is not None
         hard_stop = asyncio.ensure_future(self._hard_stop.wait())

@@ -3,7 +3,9 @@ thread, and every answer it gives itself, to any request, is the JSON error body
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import http.client
 import json
 import socket
 import statistics
@@ -13,6 +15,8 @@ import time
 import pytest
 import requests
 
+from backend.server import FrontServer, ServerLimits
+from backend.stopping import StopSignal
 from tests.backend_process import start_backend
 from tests.upstream import PNG_BYTES
 
@@ -247,3 +251,55 @@ def test_bodies_past_the_buffered_bytes_bound_are_503_busy(bundles_dir, tmp_path
         assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
     finally:
         server.stop()
+
+
+def test_a_request_sent_on_a_kept_alive_connection_as_the_stop_comes_is_answered():
+    """HTTP's keep-alive race at SIGTERM: a client's next request on an idle connection, sent
+    just after the stop began, is served (and its answer closes the connection), not cut off
+    by the server closing the connection under it; a new connection is refused at once."""
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    limits = ServerLimits(
+        header_timeout_s=3,
+        body_timeout_s=3,
+        keepalive_s=5,
+        max_header_bytes=8192,
+        max_body_bytes=1024,
+        buffered_bytes_max=4096,
+        graceful_s=5,
+    )
+    server = FrontServer(app, listener, threads=2, limits=limits, stop_signal=StopSignal())
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.run(),))
+    thread.start()
+    try:
+        client = http.client.HTTPConnection(*address, timeout=5)
+        for _ in range(100):  # the server listens once its loop has started
+            with contextlib.suppress(ConnectionRefusedError):
+                client.request("GET", "/")
+                break
+            time.sleep(0.01)
+        first = client.getresponse()
+        assert (first.status, first.read(), first.getheader("Connection")) == (200, b"ok", None)
+
+        loop.call_soon_threadsafe(server.stop)
+        time.sleep(0.05)  # the stop has begun; the client knows nothing of it yet
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(address, timeout=5)
+        client.request("GET", "/")
+        second = client.getresponse()
+        assert (second.status, second.read(), second.getheader("Connection")) == (
+            200,
+            b"ok",
+            "close",
+        )
+    finally:
+        loop.call_soon_threadsafe(server.stop)
+        thread.join(10)
+        loop.close()
+    assert not thread.is_alive()
