@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from backend.budget import PixelBudget
 from backend.errors import ApiError, Busy
+from backend.fetch_policy import FetchPolicy
 from backend.imaging import ImagePolicy
 from backend.logs import configure_logging, request_context, trace_fields
 from backend.process import configure_process
@@ -21,7 +22,6 @@ from backend.routes import api
 from backend.services import Services, services
 from backend.settings import Settings, SettingsError
 from backend.stopping import StopSignal
-from backend.urlfetch import FetchPolicy
 from runtime.bundle import BundleError
 
 log = logging.getLogger("backend")

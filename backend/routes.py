@@ -14,7 +14,6 @@ from backend.inference import predict, prepare
 from backend.intake import parse_predict_request
 from backend.openapi import openapi_spec
 from backend.services import services
-from backend.urlfetch import fetch_url
 
 api = Blueprint("api", __name__)
 
@@ -81,6 +80,8 @@ def _predict(path_model: str | None):
 
     start = time.perf_counter()
     if parsed.url is not None:
+        from backend.urlfetch import fetch_url  # loaded after the start (backend/launch.py)
+
         data = fetch_url(parsed.url, serving.fetch_policy).data
         timings["fetch"] = _ms(start)
     else:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from backend.budget import PixelBudget
+from backend.fetch_policy import FetchPolicy
 from backend.imaging import ImagePolicy
 from backend.registry import ModelRegistry
 from backend.settings import Settings
 from backend.stopping import StopSignal
-from backend.urlfetch import FetchPolicy
 
 _EXTENSION = "baked_vision"
 

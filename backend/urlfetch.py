@@ -63,12 +63,10 @@ from backend.errors import (
     UpstreamTimeout,
     UrlNotAllowed,
 )
+from backend.fetch_policy import FetchPolicy, Resolver
 from backend.imaging import is_image_content_type
 from backend.stopping import StopSignal, shutting_down
-from runtime.limits import MAX_IMAGE_BYTES
-from runtime.timing import TIMING
 
-Resolver = Callable[[str, int], list[str]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -92,34 +90,6 @@ _HOSTNAME = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
 _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 _MEDIA_TYPE = re.compile(r"[\w.+-]{1,50}/[\w.+-]{1,50}")
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    """Where `fetch_url` may connect and how long and how much it may download."""
-
-    allowed_ports: frozenset[int] = frozenset({80, 443})
-    allow_loopback: bool = False  # tests and local development only
-    connect_timeout_s: float = 3.0
-    # The whole download, redirects and slow-drip bodies included (runtime/timing.py).
-    total_timeout_s: float = TIMING.fetch_s
-    max_bytes: int = MAX_IMAGE_BYTES
-    max_redirects: int = 3
-    max_url_length: int = 2048
-    resolver: Resolver | None = None  # host, port -> addresses; None: the system resolver
-    ca_bundle: str | None = None  # PEM file of trusted CAs; None: requests' default (certifi)
-    user_agent: str = "baked-vision-fetch/1.0"
-    # The process's stop (SIGTERM): a download still running then ends by the stop's
-    # `answer_by` with a 503 `shutting_down`, instead of being cut off with no answer.
-    stop_signal: StopSignal | None = None
-
-    def __post_init__(self) -> None:
-        if not all(0 < port < 65536 for port in self.allowed_ports):
-            raise ValueError("allowed_ports must be TCP ports (1-65535)")
-        if self.connect_timeout_s <= 0 or self.total_timeout_s <= 0:
-            raise ValueError("connect_timeout_s and total_timeout_s must be positive")
-        if self.max_bytes < 1 or self.max_redirects < 0 or self.max_url_length < 1:
-            raise ValueError("max_bytes and max_url_length must be positive, max_redirects >= 0")
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,11 @@ def test_the_serving_worker_never_imports_torch_onnx_or_the_hub(bundles_dir, tmp
             backend.wait_ready()
             # every path a request can take: upload, URL, metadata, the model list
             assert _predict(backend.url, "mobilenet_v3_large", PNG_BYTES)["model"]
+            # The start put the URL fetcher off until its first answer; now it loads.
+            deadline = time.monotonic() + 30
+            while '"phase": "imports_fetcher"' not in backend.log():
+                assert time.monotonic() < deadline, backend.log()[-2000:]
+                time.sleep(0.05)
             by_url = requests.post(
                 f"{backend.url}/predict", json={"url": upstream.url("/image.jpg")}, timeout=60
             )
@@ -236,6 +241,15 @@ def test_gunicorns_master_never_imports_onnxruntime():
     probe = "import sys, backend.gunicorn_conf; print(sorted(sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert "onnxruntime" not in out.stdout and "numpy" not in out.stdout
+
+
+def test_the_start_imports_no_url_fetcher():
+    """requests and urllib3 are imported once the models are ready (backend/launch.py), not
+    beside ONNX Runtime's openings: nothing the start imports before then pulls them in."""
+    probe = "import json, sys, backend.__main__, backend.launch; print(json.dumps([*sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    roots = {name.split(".")[0] for name in json.loads(out.stdout)}
+    assert "flask" in roots and not roots & {"requests", "urllib3"}, roots & {"requests", "urllib3"}
 
 
 # Points of a start, as the log shows them: SIGTERM right after each must end it cleanly.
