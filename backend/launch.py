@@ -62,9 +62,8 @@ def _load_the_fetcher_in_background() -> None:
 
     Its import is 0.13-0.25 s of Python. During the start it ran beside ONNX Runtime's
     openings, which hold the GIL, and imported at ready it ran beside the first request: either
-    way the first answer waited for it (resnet152, 8 interleaved starts: 1.245 s with it in the
-    start, 1.243 s at ready, 1.176 s after the first answer). A URL prediction that comes before
-    this is done imports it itself.
+    way the first answer waited for it (benchmarks/RESULTS.md, "Cold start", has the figures).
+    A URL prediction that comes before this is done imports it itself.
     """
 
     def load() -> None:

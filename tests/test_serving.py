@@ -244,8 +244,8 @@ def test_gunicorns_master_never_imports_onnxruntime():
 
 
 def test_the_start_imports_no_url_fetcher():
-    """requests and urllib3 are imported once the models are ready (backend/launch.py), not
-    beside ONNX Runtime's openings: nothing the start imports before then pulls them in."""
+    """requests and urllib3 are imported after the first answer (backend/launch.py), not
+    beside ONNX Runtime's openings: nothing the start imports pulls them in."""
     probe = "import json, sys, backend.__main__, backend.launch; print(json.dumps([*sys.modules]))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     roots = {name.split(".")[0] for name in json.loads(out.stdout)}
