@@ -3,9 +3,9 @@
 Start and stop are one state machine, because Cloud Run stops instances at any moment, starting
 ones included (scale-in, deploys): SIGTERM while importing, reading settings or checking the
 bundles ends the process at the end of that step (a fraction of a second); while the models
-load (verify, open, warm up: a background thread, begun before the server's modules are
-imported; /ready says when it is done) or serving,
-the server stops taking connections, the loader ends at its next step, and every request held
+load (verify and open, then check each model's reference answer: a background thread, begun
+before the server's modules are imported; /ready says when the models are open) or serving, the
+server stops taking connections, the loader ends at its next step, and every request held
 is answered within the graceful stop (backend/server.py). Either way: one log line saying what
 was interrupted, exit status 0, well inside Cloud Run's 10 s. The process ends with `os._exit`
 once everything is answered and the logs are flushed: no interpreter teardown runs under ONNX
@@ -93,7 +93,7 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
             configure_process(settings.log_level)  # the allocator, before any session
         next_step("checking the bundles")
         models = ModelRegistry(settings)
-        models.start()  # verify, open and warm up in the loader thread
+        models.start()  # verify and open in the loader thread, then the reference checks
         next_step("importing the server")
         with phase("imports_server"):
             from backend.launch import serve

@@ -66,7 +66,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             "/health": {"get": _get("liveness: the process serves HTTP", {"type": "object"})},
             "/ready": {
                 "get": _get(
-                    "every model loaded and warmed up",
+                    "every model opened and its weights verified",
                     {"type": "object"},
                     {"503": _json("still loading", error)},
                 )

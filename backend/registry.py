@@ -5,9 +5,12 @@ request gets (the assignment's `PUT /model/<id>` bug is impossible by constructi
 
 Start, in order: before the worker serves, cheap checks (the index, every bundle's manifest,
 every file present with its size, demo weights allowed or not); then, in a loader thread, for
-each bundle its graph and reference image verified, one ONNX Runtime session, and the reference
-image answered as the build verified it (the warm-up), while other threads hash the weights
-data (hashlib releases the GIL). /ready says 200 only after all of it, every digest matched.
+each bundle its graph and reference image verified and one ONNX Runtime session opened, while
+other threads hash the weights data (hashlib releases the GIL). /ready says 200 once every
+session is open and every digest matched: no answer is ever computed from a byte not verified.
+Then, once no forward pass has run for a moment (after the first answer, in a cold start that a
+request began), each model answers its reference image as the build verified it (the reference
+check): a model that answers it differently here ends the instance, as a failed load does.
 A stop request (the worker exiting on SIGTERM) is honoured between steps: the loader is not a
 daemon, so the interpreter waits for the step in progress instead of tearing down ONNX Runtime
 under it.
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from backend.errors import NotReady, UnknownModel
+from backend.forwards import Forwards
 from backend.settings import Settings
 from backend.start_trace import log_phase, phase, since_start
 from runtime.bundle import (
@@ -44,10 +48,17 @@ log = logging.getLogger(__name__)
 PARSED = (GRAPH, REFERENCE_IMAGE)
 # gunicorn halts the whole server (and exits non-zero) when a worker exits with this code.
 WORKER_BOOT_ERROR = 3
+# How long the forward passes must have been idle before a reference check runs: longer than
+# the gap between a client's answer and its next request, short beside a cold start's wait.
+REFERENCE_CHECK_AFTER_IDLE_S = 0.25
+# ... and under a load that never pauses, the checks take their turn in the queue this long
+# after ready: no instance serves unchecked for longer.
+REFERENCE_CHECK_WITHIN_S = 5.0
 
 
 class ModelRegistry:
-    """Every configured bundle, checked, then opened and warmed up; then served."""
+    """Every configured bundle, checked, opened and served; then checked against its
+    reference image."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -65,10 +76,9 @@ class ModelRegistry:
         self.listed_ids = self._listed(index, settings.listed_models)
         with phase("bundles", models=len(self.ids)):
             self.bundles = {model_id: self._checked(model_id) for model_id in self.ids}
-        self.runner = ThreadPoolExecutor(
-            max_workers=settings.inference_concurrency, thread_name_prefix="inference"
-        )
+        self.runner = Forwards(settings.inference_concurrency)
         self._sessions: dict[str, ModelSession] = {}
+        self._reference_checked: set[str] = set()
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._started = False
@@ -147,6 +157,7 @@ class ModelRegistry:
             self._load_all()
         except Exception as exc:  # a thread's top: whatever fails must be told
             self.failure = str(exc)
+            self._ready.clear()  # a failed reference check comes after ready: serve no more
             log.critical(
                 "model loading failed: %s",
                 exc,
@@ -158,17 +169,16 @@ class ModelRegistry:
                 os._exit(WORKER_BOOT_ERROR)
 
     def _load_all(self) -> None:
-        """Verify and open every bundle, side by side; warm each up once its digests match.
+        """Verify and open every bundle, side by side; serve once every digest matched; then
+        check each model against its reference image.
 
         What ONNX Runtime and Pillow parse (the graph, the reference image) is verified before
         it is read. The weights data, raw tensor bytes at offsets the verified graph gives, is
         hashed on other threads (one per core, in the order the models open) while the
         sessions open, one after another on a thread of their own: ONNX Runtime holds the GIL
         for most of an opening (a thread spinning beside one ran at a fifth of its speed), so
-        two at once gain nothing, while a warm-up (a forward pass, without the GIL) runs beside
-        the next opening. Each model's warm-up waits for its own digest, so an altered file is
-        told as such; the instance is ready only once every digest matched and every model
-        answered its reference image.
+        two at once gain nothing. A model is served once its weights' digest matched, the
+        instance is ready once every model is.
         """
         start, began = time.perf_counter(), since_start()
         workers = min(len(self.ids), self.settings.session.threads)
@@ -181,7 +191,7 @@ class ModelRegistry:
                 session = sessions[model_id].result()
                 if session is None or self._stop.is_set():
                     break
-                if not self._warm_up(session, weights_verified=data[model_id].result):
+                if not self._serve(session, weights_verified=data[model_id].result):
                     break
         except BaseException:
             self._stop.set()  # the hashing and opening still running end at their next step
@@ -193,12 +203,47 @@ class ModelRegistry:
             log.info("loading stopped", extra={"event": "loading_stopped"})
             return
         log_phase("load", began, models=len(self.ids))
+        self.runner.idle_from_now()
         self._ready.set()
         log.info(
             "ready: %s",
             ", ".join(self.ids),
             extra={"event": "ready", "load_ms": round((time.perf_counter() - start) * 1000)},
         )
+        quiet = REFERENCE_CHECK_AFTER_IDLE_S if self.settings.background_load else 0.0
+        self._check_references(quiet)
+
+    def _check_references(self, quiet_s: float) -> None:
+        """Answer each model's reference image as the build verified it (runtime/session.py),
+        each once the forward passes have been idle for `quiet_s` (or REFERENCE_CHECK_WITHIN_S
+        after ready, whatever the load); BundleError if one differs.
+
+        The check is a forward pass: before readiness it delayed every cold start's first
+        answer by one (resnet152 0.1 s, v2 four of them), while the digests alone already
+        refuse every altered byte. After it, a model this machine or runtime computes
+        differently still ends the instance within a moment of its first answer.
+        """
+        deadline = time.monotonic() + REFERENCE_CHECK_WITHIN_S
+        for model_id in self.ids:
+            if not self.runner.wait_idle(quiet_s, self._stop, deadline):
+                return
+            began = since_start()
+            try:
+                checking = self.runner.submit(self._sessions[model_id].check_reference)
+            except RuntimeError:  # the interpreter is exiting: its thread pools take no work
+                return
+            checking.result()
+            log_phase("reference_check", began, model=model_id)
+            self._reference_checked.add(model_id)
+            log.info(
+                "model %s answered its reference image as built",
+                model_id,
+                extra={
+                    "event": "reference_checked",
+                    "model": model_id,
+                    "check_ms": round((since_start() - began) * 1000, 1),
+                },
+            )
 
     def _verify(self, model_id: str, files: tuple[str, ...]) -> bool:
         """Some files' digests (BundleError if one differs); False if a stop came first."""
@@ -232,8 +277,8 @@ class ModelRegistry:
         log_phase("open", began, model=model_id)
         return session
 
-    def _warm_up(self, session: ModelSession, *, weights_verified: Callable[[], bool]) -> bool:
-        """Answer the reference image (the warm-up), then serve the session; False if stopped.
+    def _serve(self, session: ModelSession, *, weights_verified: Callable[[], bool]) -> bool:
+        """Serve the session once its weights' digest matched; False if stopped first.
 
         `weights_verified()` waits for the weights data's digest (raising BundleError if it
         differs): the session may map bytes not yet verified, but no answer is computed from
@@ -243,13 +288,7 @@ class ModelRegistry:
         waited = since_start()
         if not weights_verified():
             return False
-        verified = since_start()
-        session.check_reference()
-        log_phase("warm_up", verified, model=model_id)
-        timings = {
-            "wait_for_digest": round((verified - waited) * 1000, 1),
-            "warm_up": round((since_start() - verified) * 1000, 1),
-        }
+        timings = {"wait_for_digest": round((since_start() - waited) * 1000, 1)}
         self._sessions[model_id] = session
         log.info(
             "loaded model %s",
@@ -336,6 +375,10 @@ class ModelRegistry:
             "quantization": manifest.quantization,
             "default": model_id == self.default_id,
             "loaded": model_id in self._sessions,
+            # True once it answered its reference image as the build did, here (a moment
+            # after the instance's first answers: the check waits for the forward passes to
+            # pause, so it never delays them).
+            "reference_checked": model_id in self._reference_checked,
             "compiled": {
                 "format": "onnx",
                 "graph_sha256": manifest.artifacts[GRAPH].sha256,

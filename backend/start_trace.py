@@ -1,7 +1,7 @@
 """Where a cold start goes: one log line per phase, timed from the moment the process began.
 
 Each phase of the start (the interpreter, the imports, the settings, the bundles' checks, each
-model's digest, session and warm-up, the first request) is logged once it ends, as
+model's digest and session, the first request, each reference check) is logged once it ends, as
 `{"event": "start_phase", "phase": ..., "start_ms": ..., "end_ms": ...}`, both measured from
 the process's own start (the kernel's record of it, `/proc/self/stat`, 10 ms resolution), so
 the interpreter's own start-up is a phase too and phases that overlap (the models' digests

@@ -1,6 +1,7 @@
 """Cold start: launch to first successful prediction, five ways, broken into phases.
 
-(a) baked          our backend: bundles on disk, verified, opened in ONNX Runtime, warmed up;
+(a) baked          our backend: bundles on disk, verified, opened in ONNX Runtime (each model's
+                   reference check follows its first answers);
                    done when every model has answered one POST /predict
 (b) download       the assignment's way: torch, weights downloaded at start (from 127.0.0.1)
 (c) torch floor    a bare process: import torch+torchvision, read, build, one forward pass
@@ -98,7 +99,7 @@ def baked(bundles_dir: Path, ids: list[str], work: Path, extra_env: dict | None 
         f"{kind}_total": sum(
             s["end"] - s["start"] for s in trace if s["phase"].startswith(kind + " ")
         )
-        for kind in ("digest_data", "digest_graph", "open", "warm_up")
+        for kind in ("digest_data", "digest_graph", "open")
     }
     return {"total": done, "phases": phases, "load_work": work, "trace": trace}
 

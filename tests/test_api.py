@@ -590,7 +590,7 @@ def test_listed_models_behind_the_gateway(bundles_dir):
     assert "its own service" in error["message"]
 
 
-def test_ready_is_503_until_every_model_is_loaded_and_warm(bundles_dir, monkeypatch):
+def test_ready_is_503_until_every_model_is_loaded(bundles_dir, monkeypatch):
     import threading
 
     release = threading.Event()

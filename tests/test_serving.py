@@ -76,7 +76,9 @@ def test_parallel_requests_for_different_models_each_get_their_own_answer(backen
             assert got["probability"] == pytest.approx(want["probability"], abs=1e-5)
 
 
-def test_the_server_reports_ready_only_after_warm_up_then_predicts(bundles_dir, tmp_path):
+def test_the_server_is_ready_once_every_model_is_open_then_checks_each_reference(
+    bundles_dir, tmp_path
+):
     backend = start_backend(bundles_dir, tmp_path / "log.txt", MODELS="resnet18,mobilenet_v3_large")
     try:
         statuses = []
@@ -96,14 +98,25 @@ def test_the_server_reports_ready_only_after_warm_up_then_predicts(bundles_dir, 
         assert set(statuses) <= {200, 503}
         events = [json.loads(line) for line in backend.log().splitlines() if line.startswith("{")]
         order = [e["event"] for e in events if "event" in e]
-        # both models loaded (warm-up included) before the instance said it was ready
+        # both models opened, their digests matched, before the instance said it was ready
         assert order.index("ready") > max(i for i, ev in enumerate(order) if ev == "model_loaded")
         loaded = [e for e in events if e.get("event") == "model_loaded"]
         assert {e["model"] for e in loaded} == {"resnet18", "mobilenet_v3_large"}
-        assert all(e["timings_ms"]["warm_up"] > 0 for e in loaded)
         assert (
             _predict(backend.url, "mobilenet_v3_large", PNG_BYTES)["model"] == "mobilenet_v3_large"
         )
+        # then each model answers its reference image as built, once the instance is quiet
+        deadline = time.monotonic() + 30
+        while backend.log().count('"event": "reference_checked"') < 2:
+            assert time.monotonic() < deadline, backend.log()[-2000:]
+            time.sleep(0.05)
+        events = [json.loads(line) for line in backend.log().splitlines() if line.startswith("{")]
+        order = [e["event"] for e in events if "event" in e]
+        checked = [i for i, ev in enumerate(order) if ev == "reference_checked"]
+        assert min(checked) > order.index("ready")
+        for model in ("resnet18", "mobilenet_v3_large"):
+            described = requests.get(f"{backend.url}/models/{model}", timeout=10).json()
+            assert described["reference_checked"] is True
     finally:
         backend.stop()
 
@@ -484,6 +497,67 @@ def test_no_model_answers_until_every_digest_matched(bundles_dir, tmp_path, monk
     predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
     assert client.post("/predict", data=predict).status_code == 503
     assert not models.ready
+
+
+def test_a_model_that_answers_its_reference_differently_here_ends_the_instance(
+    bundles_dir, tmp_path
+):
+    """The reference check runs once the instance is ready and quiet: a model this machine or
+    runtime computes differently from the build still ends the instance (exit 3, as a failed
+    load), naming the model and the fix."""
+    dest = _copy(bundles_dir, tmp_path)
+    manifest = dest / "resnet18" / MANIFEST
+    data = json.loads(manifest.read_text())
+    data["reference"]["top"] = [[i, p + 0.01] for i, p in data["reference"]["top"]]
+    manifest.write_text(json.dumps(data))
+    code, log = _refusal(dest, tmp_path, MODELS="resnet18")
+    assert code == 3, log[-2000:]
+    assert log.index('"event": "ready"') < log.index('"event": "load_failed"')
+    assert "'resnet18' answers its reference image differently" in log
+    assert "rebuild the image" in log
+
+
+def _checked(models, model_id: str) -> bool:
+    return models.describe(model_id)["reference_checked"]
+
+
+def _served_until(client, done, seconds: float) -> int:
+    """POST /predict back to back until `done()` or `seconds`; how many were answered 200."""
+    answered, deadline = 0, time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
+        assert client.post("/predict", data=predict).status_code == 200
+        answered += 1
+    return answered
+
+
+def test_the_reference_check_waits_for_the_forward_passes_to_pause(bundles_dir, monkeypatch):
+    """A cold start's first answers are never queued behind the check: it runs once no
+    forward pass has run for a moment (here 1 s, to be sure of it on a loaded machine)."""
+    monkeypatch.setattr("backend.registry.REFERENCE_CHECK_AFTER_IDLE_S", 1.0)
+    monkeypatch.setattr("backend.registry.REFERENCE_CHECK_WITHIN_S", 120.0)
+    settings = Settings(bundles_dir=bundles_dir, models="resnet18", background_load=True)
+    app = create_app(settings)
+    client, models = app.test_client(), services(app).models
+    assert models.wait_ready(60)
+    assert _served_until(client, lambda: False, 2.0) > 1  # the requests a cold start waited for
+    assert not _checked(models, "resnet18")  # 2 s of answers, the check not among them
+    deadline = time.monotonic() + 30
+    while not _checked(models, "resnet18"):  # the pause came: the check ran
+        assert time.monotonic() < deadline and not models.failure, models.failure
+        time.sleep(0.05)
+    assert models.ready
+
+
+def test_under_a_load_that_never_pauses_the_reference_check_still_runs(bundles_dir, monkeypatch):
+    monkeypatch.setattr("backend.registry.REFERENCE_CHECK_AFTER_IDLE_S", 60.0)
+    monkeypatch.setattr("backend.registry.REFERENCE_CHECK_WITHIN_S", 0.5)
+    settings = Settings(bundles_dir=bundles_dir, models="resnet18", background_load=True)
+    app = create_app(settings)
+    client, models = app.test_client(), services(app).models
+    assert models.wait_ready(60)
+    _served_until(client, lambda: _checked(models, "resnet18"), 30.0)
+    assert _checked(models, "resnet18")  # it took its turn between the answers
 
 
 def _rss_kb(pid: int) -> int:
