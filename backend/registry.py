@@ -381,7 +381,7 @@ class ModelRegistry:
             "reference_checked": model_id in self._reference_checked,
             "compiled": {
                 "format": "onnx",
-                "graph_sha256": manifest.artifacts[GRAPH].sha256,
+                "graph_blake3": manifest.artifacts[GRAPH].blake3,
                 "versions": manifest.versions,
                 "verification": manifest.verification,
             },

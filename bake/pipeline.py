@@ -38,9 +38,10 @@ from runtime.bundle import (
     Manifest,
     Reference,
     Source,
+    blake3_of,
     fix_command,
 )
-from runtime.files import sha256_of, write_atomically
+from runtime.files import write_atomically
 from runtime.session import ModelSession, top_classes
 from runtime.settings import SessionSettings, available_cpus
 from weights import imagesets
@@ -163,7 +164,7 @@ def _build(
         manifest = replace(
             draft,
             artifacts={
-                name: Artifact(sha256_of(staging / name), (staging / name).stat().st_size)
+                name: Artifact(blake3_of(staging / name), (staging / name).stat().st_size)
                 for name in (GRAPH, GRAPH_DATA, REFERENCE_IMAGE)
             },
             verification=checked.to_dict(),

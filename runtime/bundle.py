@@ -10,8 +10,8 @@ reads it and trusts nothing else.
         reference.png         an image the build verified, with its answer in the manifest: the
                               backend re-checks it at start on the machine it runs on
 
-Every file but the manifest is listed in the manifest with its sha256 and size (a manifest that
-lacks one is refused); a bundle whose files do not match is refused (`Bundle.check`,
+Every file but the manifest is listed in the manifest with its BLAKE3 digest and size (a
+manifest that lacks one is refused); a bundle whose files do not match is refused (`Bundle.check`,
 `Bundle.verify`). The manifest and the index themselves are trusted as written: they are the
 root of that trust, as `weights.lock` is for the fetched files, and an image is immutable.
 docs/architecture.md describes each field and why the format is what it is.
@@ -25,11 +25,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.files import sha256_of, size_problem
+import blake3
+
+from runtime.files import digest_of, size_problem
 from runtime.preprocess import Preprocessing
 from runtime.selection import select
 
-FORMAT = 1
+# 2: the files' digests are BLAKE3 (1: sha256).
+FORMAT = 2
 INDEX = "index.json"
 MANIFEST = "manifest.json"
 GRAPH = "model.onnx"
@@ -50,8 +53,15 @@ def fix_command(model_ids: str, dest: Path | str, weights_dir: Path | str = "WEI
 class Artifact:
     """A file of a bundle, as the bake step wrote it."""
 
-    sha256: str
+    blake3: str
     size: int
+
+
+def blake3_of(path: Path, should_stop: Callable[[], bool] | None = None) -> str | None:
+    """A bundle file's digest: BLAKE3, a cryptographic hash 3-5x as fast as sha256 on one core
+    (2.6 against 0.8 GB/s here), which the backend computes over every weights file at each
+    start (v2: 1.4 GB); it releases the GIL like hashlib. None if `should_stop()` turned true."""
+    return digest_of(path, blake3.blake3(), should_stop)
 
 
 @dataclass(frozen=True)
@@ -182,7 +192,7 @@ class Bundle:
         should_stop: Callable[[], bool] | None = None,
         files: Iterable[str] | None = None,
     ) -> bool:
-        """`check`, then the sha256 of `files` (default: every file) against the manifest.
+        """`check`, then the BLAKE3 digest of `files` (default: every file) against the manifest.
 
         False if `should_stop()` turned true first. A file verified once is not hashed again.
         """
@@ -191,13 +201,13 @@ class Bundle:
             if name in self._verified:
                 continue
             path = self.directory / name
-            digest = sha256_of(path, should_stop)
+            digest = blake3_of(path, should_stop)
             if digest is None:
                 return False
-            expected = self.manifest.artifacts[name].sha256
+            expected = self.manifest.artifacts[name].blake3
             if digest != expected:
                 raise BundleError(
-                    f"bundle file {path} of model {self.id!r} has sha256 {digest}, its manifest "
+                    f"bundle file {path} of model {self.id!r} has BLAKE3 {digest}, its manifest "
                     f"says {expected}: it was altered. Rebuild it: {fix}"
                 )
             self._verified.add(name)

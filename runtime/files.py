@@ -1,7 +1,8 @@
-"""Files recorded with their size and sha256: checking them, and writing records atomically.
+"""Files recorded with their size and digest: checking them, and writing records atomically.
 
-Standard library only. Shared by the fetch step (weights.lock), the bake step and the backend
-(runtime.bundle).
+Standard library only. Shared by the fetch step (weights.lock, sha256: the digest torchvision,
+the Hub and users publish), the bake step and the backend (runtime.bundle, which brings its own
+digest).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 # Hashed in slices of a memory map: no copy, and one GIL hand-over per slice (hashlib releases
 # the GIL while it hashes). With 1 MB reads a start's hashing thread waited for the GIL 1,600
@@ -27,9 +29,21 @@ def size_problem(path: Path, size: int) -> str | None:
     return None if actual == size else f"{actual:,} bytes, not {size:,}: truncated or replaced"
 
 
+class Digest(Protocol):
+    def update(self, data: memoryview, /) -> object: ...
+    def hexdigest(self) -> str: ...
+
+
 def sha256_of(path: Path, should_stop: Callable[[], bool] | None = None) -> str | None:
     """The file's sha256 (hex); None if `should_stop()` turned true (checked every 32 MB)."""
-    digest = hashlib.sha256()
+    return digest_of(path, hashlib.sha256(), should_stop)
+
+
+def digest_of(
+    path: Path, digest: Digest, should_stop: Callable[[], bool] | None = None
+) -> str | None:
+    """The file's `digest` (hex), fed from a memory map in 32 MB slices; None if `should_stop()`
+    turned true (checked after each slice)."""
     with path.open("rb") as f:
         if os.fstat(f.fileno()).st_size == 0:  # an empty file cannot be mapped
             return digest.hexdigest()
