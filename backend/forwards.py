@@ -28,11 +28,15 @@ class Forwards:
     def submit(self, forward: Callable[[], T]) -> Future[T]:
         with self._lock:
             self._busy += 1
-        future = self._pool.submit(forward)
+        try:
+            future = self._pool.submit(forward)
+        except RuntimeError:  # the pool is shut down (the interpreter is exiting)
+            self._done(None)
+            raise
         future.add_done_callback(self._done)
         return future
 
-    def _done(self, _future: Future) -> None:
+    def _done(self, _future: Future | None) -> None:
         with self._lock:
             self._busy -= 1
             self._idle_since = time.monotonic()

@@ -115,6 +115,12 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     "required": ["id", "precision"],
                     "properties": {
                         "id": {"type": "string"},
+                        "reference_checked": {
+                            "type": "boolean",
+                            "description": "the model answered its bundle's reference image "
+                            "here as the build did (checked once the instance is ready and "
+                            "its forward passes pause; a model that fails it ends the instance)",
+                        },
                         "precision": {
                             "enum": ["fp32", "int8"],
                             "description": "int8: served by an int8 graph the build's gate "

@@ -6,7 +6,7 @@ request gets (the assignment's `PUT /model/<id>` bug is impossible by constructi
 Start, in order: before the worker serves, cheap checks (the index, every bundle's manifest,
 every file present with its size, demo weights allowed or not); then, in a loader thread, for
 each bundle its graph and reference image verified and one ONNX Runtime session opened, while
-other threads hash the weights data (hashlib releases the GIL). /ready says 200 once every
+other threads hash the weights data (BLAKE3 releases the GIL). /ready says 200 once every
 session is open and every digest matched: no answer is ever computed from a byte not verified.
 Then, once no forward pass has run for a moment (after the first answer, in a cold start that a
 request began), each model answers its reference image as the build verified it (the reference
