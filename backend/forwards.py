@@ -1,8 +1,9 @@
 """The inference threads: every forward pass runs here, a request's or a reference check's.
 
-One queue for both, so a reference check (backend/registry.py) never runs beside a request's
-forward pass on the same cores; and it knows how long it has been idle, so the checks can wait
-for a quiet moment instead of delaying the answers a cold start is waiting for.
+One queue for both, so a reference check (backend/registry.py) takes its turn with the requests'
+forward passes (with INFERENCE_CONCURRENCY=1, the default, never beside one); and it knows how
+long it has been idle, so the checks can wait for a quiet moment instead of delaying the
+answers a cold start is waiting for.
 """
 
 from __future__ import annotations

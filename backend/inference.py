@@ -12,12 +12,12 @@ of them bounds the activation memory in flight (benchmarks/RESULTS.md has the me
 from __future__ import annotations
 
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from backend.forwards import Forwards
 from runtime.session import ModelSession, top_classes
 
 
@@ -50,7 +50,7 @@ def prepare(image: Image.Image, session: ModelSession) -> tuple[np.ndarray, floa
 
 
 def predict(
-    batch: np.ndarray, session: ModelSession, top_k: int, runner: Executor | None = None
+    batch: np.ndarray, session: ModelSession, top_k: int, runner: Forwards | None = None
 ) -> Answer:
     """The top-k ImageNet classes of a prepared one-image `batch` under `session`, best first.
 

@@ -170,6 +170,16 @@ def throughput(url: str, model: str, clients: int, seconds: float) -> dict:
     return {"clients": clients, "rps": ok / elapsed, "ok": ok, "errors": errors}
 
 
+def _wait_for_reference_checks(url: str, ids: list[str], timeout: float = 60) -> None:
+    """Until every model has run its reference check (it follows the first answers)."""
+    deadline = time.monotonic() + timeout
+    for model_id in ids:
+        while not requests.get(f"{url}/models/{model_id}", timeout=10).json()["reference_checked"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{model_id}: no reference check within {timeout} s")
+            time.sleep(0.05)
+
+
 def backend_run(
     bundles_dir: Path,
     ids: list[str],
@@ -206,6 +216,7 @@ def backend_run(
             "rss_over_files_mib": memory["VmRSS"] - files_mib,
             "models": {},
         }
+        _wait_for_reference_checks(target.url, ids)  # one forward pass each, not in a sample
         for model_id in ids:
             result["models"][model_id] = {
                 "latency": latency(target.url, model_id, n),

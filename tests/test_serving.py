@@ -18,9 +18,10 @@ import requests
 from PIL import Image
 
 from backend.app import create_app
+from backend.registry import ModelRegistry
 from backend.services import services
 from backend.settings import Settings
-from runtime.bundle import GRAPH, GRAPH_DATA, MANIFEST, REFERENCE_IMAGE, Bundle
+from runtime.bundle import GRAPH, GRAPH_DATA, MANIFEST, REFERENCE_IMAGE, Bundle, BundleError
 from runtime.settings import SessionSettings
 from tests.backend_process import start_backend
 from tests.imagegen import png_header_claiming
@@ -265,10 +266,12 @@ def test_the_start_imports_no_url_fetcher():
     assert "flask" in roots and not roots & {"requests", "urllib3"}, roots & {"requests", "urllib3"}
 
 
-# Points of a start, as the log shows them: SIGTERM right after each must end it cleanly.
+# Points of a start, as the log shows them: SIGTERM right after each must end it cleanly (after
+# the first model's reference check, the next model's may be running).
 START_EVENTS = ['"event": "loading"', '"event": "listening"', '"event": "bundle_verified"',
-                '"event": "model_loaded"', '"event": "ready"']  # fmt: skip
-# Seconds after launch (the issue's moments): importing, checking, loading, warm, serving.
+                '"event": "model_loaded"', '"event": "ready"',
+                '"event": "reference_checked"']  # fmt: skip
+# Seconds after launch (the issue's moments): importing, checking, loading, ready, serving.
 STOP_MOMENTS = [0.1, 0.3, 0.6, 0.8, 1.0, 1.5, 2.5]
 
 
@@ -459,7 +462,7 @@ def test_start_refuses_an_altered_bundle_naming_the_file(bundles_dir, tmp_path, 
 
 def test_no_model_answers_until_every_digest_matched(bundles_dir, tmp_path, monkeypatch):
     """The models open side by side and the digests run beside them, so one model can be open
-    and warm while another's weights are still being hashed: no /predict is answered until
+    while another's weights are still being hashed: no /predict is answered until
     every digest matched, and an altered file then ends the start naming it."""
     dest = _copy(bundles_dir, tmp_path)
     data = dest / "mobilenet_v3_large" / GRAPH_DATA
@@ -482,7 +485,7 @@ def test_no_model_answers_until_every_digest_matched(bundles_dir, tmp_path, monk
     client, models = app.test_client(), services(app).models
     try:
         deadline = time.monotonic() + 60
-        while models.loaded_count() < 1:  # resnet18 verified, opened and warm
+        while models.loaded_count() < 1:  # resnet18 verified and opened
             assert time.monotonic() < deadline and not models.failure, models.failure
             time.sleep(0.01)
         predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
@@ -499,22 +502,58 @@ def test_no_model_answers_until_every_digest_matched(bundles_dir, tmp_path, monk
     assert not models.ready
 
 
+def _answering_differently(bundles_dir, tmp_path) -> Path:
+    """A copy of the bundles whose resnet18 answers its reference image unlike its manifest
+    says, as another runtime or CPU might."""
+    dest = _copy(bundles_dir, tmp_path)
+    manifest = dest / "resnet18" / MANIFEST
+    data = json.loads(manifest.read_text())
+    data["reference"]["top"] = [[i, p + 0.01] for i, p in data["reference"]["top"]]
+    manifest.write_text(json.dumps(data))
+    return dest
+
+
 def test_a_model_that_answers_its_reference_differently_here_ends_the_instance(
     bundles_dir, tmp_path
 ):
     """The reference check runs once the instance is ready and quiet: a model this machine or
     runtime computes differently from the build still ends the instance (exit 3, as a failed
     load), naming the model and the fix."""
-    dest = _copy(bundles_dir, tmp_path)
-    manifest = dest / "resnet18" / MANIFEST
-    data = json.loads(manifest.read_text())
-    data["reference"]["top"] = [[i, p + 0.01] for i, p in data["reference"]["top"]]
-    manifest.write_text(json.dumps(data))
+    dest = _answering_differently(bundles_dir, tmp_path)
     code, log = _refusal(dest, tmp_path, MODELS="resnet18")
     assert code == 3, log[-2000:]
     assert log.index('"event": "ready"') < log.index('"event": "load_failed"')
     assert "'resnet18' answers its reference image differently" in log
     assert "rebuild the image" in log
+
+
+def test_after_a_failed_reference_check_nothing_is_answered(bundles_dir, tmp_path):
+    """In process (no exit on failure): answered before the check, refused after it, /ready
+    says why."""
+    dest = _answering_differently(bundles_dir, tmp_path)
+    settings = Settings(bundles_dir=dest, models="resnet18", background_load=True)
+    app = create_app(settings)
+    client, models = app.test_client(), services(app).models
+    assert models.wait_ready(60)
+    predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
+    assert client.post("/predict", data=predict).status_code == 200  # before the check
+    deadline = time.monotonic() + 30
+    while models.failure is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
+    refused = client.post("/predict", data=predict)
+    assert refused.status_code == 503, refused.json
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and "answers its reference image differently" in ready.text
+
+
+def test_a_synchronous_load_checks_every_reference_before_ready(bundles_dir, tmp_path):
+    dest = _answering_differently(bundles_dir, tmp_path)
+    models = ModelRegistry(Settings(bundles_dir=dest, models="resnet18", background_load=False))
+    with pytest.raises(BundleError, match="answers its reference image differently"):
+        models.start()
+    assert not models.ready
 
 
 def _checked(models, model_id: str) -> bool:
@@ -556,8 +595,9 @@ def test_under_a_load_that_never_pauses_the_reference_check_still_runs(bundles_d
     app = create_app(settings)
     client, models = app.test_client(), services(app).models
     assert models.wait_ready(60)
-    _served_until(client, lambda: _checked(models, "resnet18"), 30.0)
+    answered = _served_until(client, lambda: _checked(models, "resnet18"), 30.0)
     assert _checked(models, "resnet18")  # it took its turn between the answers
+    assert answered > 1  # not at ready: after the deadline
 
 
 def _rss_kb(pid: int) -> int:
