@@ -292,7 +292,8 @@ class ModelRegistry:
         return session
 
     def _serve(self, session: ModelSession, *, weights_verified: Callable[[], bool]) -> bool:
-        """Serve the session once its weights' digest matched; False if stopped first.
+        """Serve the session once its weights' digest matched (an int8 model once it also
+        answered its reference image); False if stopped first.
 
         `weights_verified()` waits for the weights data's digest (raising BundleError if it
         differs): the session may map bytes not yet verified, but no answer is computed from
