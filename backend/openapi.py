@@ -118,8 +118,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                         "reference_checked": {
                             "type": "boolean",
                             "description": "the model answered its bundle's reference image "
-                            "here as the build did (checked once the instance is ready and "
-                            "its forward passes pause; a model that fails it ends the instance)",
+                            "here as the build did (fp32: checked once the instance is ready and "
+                            "its forward passes pause; int8: before ready; a model that fails "
+                            "it ends the instance)",
                         },
                         "precision": {
                             "enum": ["fp32", "int8"],

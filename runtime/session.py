@@ -115,8 +115,8 @@ class ModelSession:
         """Answer the bundle's reference image as the build verified it, or raise BundleError.
 
         The bake step checked the graph against torchvision on its build machine; this checks,
-        with one forward pass, that this machine and this runtime still agree (the backend runs it
-        once an instance is ready and its forward passes pause: backend/registry.py).
+        with one forward pass, that this machine and this runtime still agree (when the backend
+        runs it, before or after ready: backend/registry.py).
         """
         reference = self.manifest.reference
         with Image.open(self.bundle.reference_image) as image:

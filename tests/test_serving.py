@@ -530,19 +530,13 @@ def test_a_model_that_answers_its_reference_differently_here_ends_the_instance(
 def test_after_a_failed_reference_check_nothing_is_answered(bundles_dir, tmp_path):
     """In process (no exit on failure): answered before the check, refused after it, /ready
     says why."""
-    dest = _answering_differently(bundles_dir, tmp_path)
-    settings = Settings(bundles_dir=dest, models="resnet18", background_load=True)
-    app = create_app(settings)
-    client, models = app.test_client(), services(app).models
-    assert models.wait_ready(60)
-    predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
-    assert client.post("/predict", data=predict).status_code == 200  # before the check
+    client, models = _ready_in_process(_answering_differently(bundles_dir, tmp_path))
+    assert _post_resnet18(client).status_code == 200  # before the check
     deadline = time.monotonic() + 30
     while models.failure is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
-    refused = client.post("/predict", data=predict)
+    refused = _post_resnet18(client)
     assert refused.status_code == 503, refused.json
     ready = client.get("/ready")
     assert ready.status_code == 503 and "answers its reference image differently" in ready.text
@@ -560,12 +554,26 @@ def _checked(models, model_id: str) -> bool:
     return models.describe(model_id)["reference_checked"]
 
 
+def _ready_in_process(directory: Path):
+    """A Flask test client of resnet18 from `directory`, loaded as `python -m backend` loads
+    (in the background, the reference check after ready), and its registry."""
+    settings = Settings(bundles_dir=directory, models="resnet18", background_load=True)
+    app = create_app(settings)
+    client, models = app.test_client(), services(app).models
+    assert models.wait_ready(60)
+    return client, models
+
+
+def _post_resnet18(client):
+    predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
+    return client.post("/predict", data=predict)
+
+
 def _served_until(client, done, seconds: float) -> int:
     """POST /predict back to back until `done()` or `seconds`; how many were answered 200."""
     answered, deadline = 0, time.monotonic() + seconds
     while not done() and time.monotonic() < deadline:
-        predict = {"image": (io.BytesIO(PNG_BYTES), "x.png"), "model": "resnet18"}
-        assert client.post("/predict", data=predict).status_code == 200
+        assert _post_resnet18(client).status_code == 200
         answered += 1
     return answered
 
@@ -575,10 +583,7 @@ def test_the_reference_check_waits_for_the_forward_passes_to_pause(bundles_dir, 
     forward pass has run for a moment (here 1 s, to be sure of it on a loaded machine)."""
     monkeypatch.setattr("backend.registry.REFERENCE_CHECK_AFTER_IDLE_S", 1.0)
     monkeypatch.setattr("backend.registry.REFERENCE_CHECK_WITHIN_S", 120.0)
-    settings = Settings(bundles_dir=bundles_dir, models="resnet18", background_load=True)
-    app = create_app(settings)
-    client, models = app.test_client(), services(app).models
-    assert models.wait_ready(60)
+    client, models = _ready_in_process(bundles_dir)
     assert _served_until(client, lambda: False, 2.0) > 1  # the requests a cold start waited for
     assert not _checked(models, "resnet18")  # 2 s of answers, the check not among them
     deadline = time.monotonic() + 30
@@ -591,10 +596,7 @@ def test_the_reference_check_waits_for_the_forward_passes_to_pause(bundles_dir, 
 def test_under_a_load_that_never_pauses_the_reference_check_still_runs(bundles_dir, monkeypatch):
     monkeypatch.setattr("backend.registry.REFERENCE_CHECK_AFTER_IDLE_S", 60.0)
     monkeypatch.setattr("backend.registry.REFERENCE_CHECK_WITHIN_S", 0.5)
-    settings = Settings(bundles_dir=bundles_dir, models="resnet18", background_load=True)
-    app = create_app(settings)
-    client, models = app.test_client(), services(app).models
-    assert models.wait_ready(60)
+    client, models = _ready_in_process(bundles_dir)
     answered = _served_until(client, lambda: _checked(models, "resnet18"), 30.0)
     assert _checked(models, "resnet18")  # it took its turn between the answers
     assert answered > 1  # not at ready: after the deadline
