@@ -217,6 +217,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: eight downloads connecting at once, while the
+    # accept loop waits for the GIL, overflow it, and the kernel drops the extra connections'
+    # SYNs, which their client sends again one second later (once in CI, a test's 8 downloads
+    # began 1.02 s late and ran into their own deadline before the stop's).
+    request_queue_size = 64
     upstream: Upstream
 
 
