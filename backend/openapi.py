@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from backend.settings import Settings
+from runtime.timing import TIMING
 
 _ERROR_STATUSES = {
     "400": "a client mistake: malformed body, both or neither of url/image, bad top_k or URL",
@@ -66,7 +67,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             "/health": {"get": _get("liveness: the process serves HTTP", {"type": "object"})},
             "/ready": {
                 "get": _get(
-                    "every model opened and its weights verified",
+                    "every model opened and its weights verified; while they load, the request "
+                    f"is held up to {TIMING.ready_hold_s:g} s and answered the moment they are "
+                    "ready",
                     {"type": "object"},
                     {"503": _json("still loading", error)},
                 )

@@ -82,6 +82,7 @@ class ModelRegistry:
         self._sessions: dict[str, ModelSession] = {}
         self._reference_checked: set[str] = set()
         self._ready = threading.Event()
+        self._settled = threading.Event()  # ready, failed or stopped: nothing left to wait for
         self._stop = threading.Event()
         self._started = False
         self.failure: str | None = None
@@ -153,6 +154,7 @@ class ModelRegistry:
     def stop(self) -> None:
         """Make a load in progress end at its next step (the worker is exiting)."""
         self._stop.set()
+        self._settled.set()
 
     def _load_in_background(self) -> None:
         try:
@@ -160,6 +162,7 @@ class ModelRegistry:
         except Exception as exc:  # a thread's top: whatever fails must be told
             self.failure = str(exc)
             self._ready.clear()  # a failed reference check comes after ready: serve no more
+            self._settled.set()
             log.critical(
                 "model loading failed: %s",
                 exc,
@@ -209,6 +212,7 @@ class ModelRegistry:
             self._check_references(quiet_s=0.0)
         self.runner.idle_from_now()
         self._ready.set()
+        self._settled.set()
         log.info(
             "ready: %s",
             ", ".join(self.ids),
@@ -334,7 +338,10 @@ class ModelRegistry:
         return self._ready.is_set()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        return self._ready.wait(timeout)
+        """Whether the models are ready, waiting up to `timeout` for it; at once if the load
+        failed or was stopped."""
+        self._settled.wait(timeout)
+        return self.ready
 
     def loaded_count(self) -> int:
         return len(self._sessions)

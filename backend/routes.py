@@ -14,6 +14,7 @@ from backend.inference import predict, prepare
 from backend.intake import parse_predict_request
 from backend.openapi import openapi_spec
 from backend.services import services
+from runtime.timing import TIMING
 
 api = Blueprint("api", __name__)
 
@@ -24,10 +25,15 @@ def health():
     return jsonify({"status": "ok"})
 
 
+# While the models load, GET /ready holds the request up to TIMING.ready_hold_s for them (a
+# long poll): Cloud Run's startup probe asks once a second and waits up to a second for each
+# answer (deployment/ops.py), so held, the probe that comes during the load answers the moment
+# the instance is ready instead of the next probe, up to a second later (benchmarks/RESULTS.md,
+# "Cold start", has the figures).
 @api.get("/ready")
 def ready():
     models = services().models
-    if not models.ready:
+    if not models.wait_ready(TIMING.ready_hold_s):
         raise NotReady(models.status_message())
     return jsonify({"status": "ready", "models": models.ordered_ids()})
 

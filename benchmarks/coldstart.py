@@ -2,7 +2,9 @@
 
 (a) baked          our backend: bundles on disk, verified, opened in ONNX Runtime (each model's
                    reference check follows its first answers);
-                   done when every model has answered one POST /predict
+                   done when every model has answered one POST /predict; beside the client,
+                   Cloud Run's startup probe (GET /ready once a second from the launch) says
+                   when Cloud Run would route the first request to it (`probe`)
 (b) download       the assignment's way: torch, weights downloaded at start (from 127.0.0.1)
 (c) torch floor    a bare process: import torch+torchvision, read, build, one forward pass
 (d) ort floor      a bare process: import onnxruntime, open the graph(s) one after another with
@@ -25,6 +27,7 @@ from pathlib import Path
 from benchmarks.harness import (
     ROOT,
     FileServer,
+    StartupProbe,
     architecture,
     drop_page_cache,
     first_prediction,
@@ -76,7 +79,9 @@ def baked(bundles_dir: Path, ids: list[str], work: Path, extra_env: dict | None 
         work / "baked.log",
     )
     try:
+        probe = StartupProbe(target)
         done = _all_answered(target, ids)
+        probe_s = probe.passed()
         events = target.events()
     finally:
         target.stop()
@@ -87,6 +92,9 @@ def baked(bundles_dir: Path, ids: list[str], work: Path, extra_env: dict | None 
     phases["app"] = spans["load"]["start"] - spans["bundles"]["end"]
     done -= target.launched_at  # from here on, seconds from the launch
     phases["first_requests"] = done - spans["load"]["end"]
+    # When Cloud Run's probe would see the instance ready, after the load ended (a probe's
+    # period at most; the probe's own answer at least).
+    phases["probe_after_load"] = probe_s - spans["load"]["end"]
     trace.append(
         {
             "phase": "answered (client)",
@@ -101,6 +109,7 @@ def baked(bundles_dir: Path, ids: list[str], work: Path, extra_env: dict | None 
         )
         for kind in ("digest_data", "digest_graph", "open")
     }
+    trace.append({"phase": "startup probe passed", "start": probe_s, "end": probe_s})
     return {"total": done, "phases": phases, "load_work": work, "trace": trace}
 
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from bake.pipeline import bake  # noqa: E402
 from runtime.bundle import GRAPH, GRAPH_DATA, read_index  # noqa: E402
+from runtime.timing import TIMING  # noqa: E402
 from weights.catalog import load_catalog  # noqa: E402
 from weights.demo import bake_untrained  # noqa: E402
 from weights.lock import read_lock  # noqa: E402
@@ -149,6 +150,39 @@ def launch(command: list[str], env: dict[str, str], log_path: Path) -> Launched:
         stderr=subprocess.STDOUT,
     )
     return Launched(process, f"http://127.0.0.1:{port}", log_path, launched_at)
+
+
+class StartupProbe:
+    """Cloud Run's startup probe, as the deploys configure it (deployment/ops.py): GET /ready
+    every `TIMING.probe_s` from the launch, each waiting up to `TIMING.probe_s` for its answer;
+    `passed_at` (wall clock) once one answered 200, the moment Cloud Run would route the first
+    request to the instance."""
+
+    def __init__(self, target: Launched) -> None:
+        self.target, self.passed_at = target, None
+        self._thread = threading.Thread(target=self._probe, daemon=True)
+        self._thread.start()
+
+    def _probe(self) -> None:
+        period = TIMING.probe_s
+        tick = self.target.launched_at
+        while self.target.process.poll() is None:
+            time.sleep(max(0.0, tick - time.time()))
+            try:
+                if requests.get(f"{self.target.url}/ready", timeout=period).status_code == 200:
+                    self.passed_at = time.time()
+                    return
+            except requests.RequestException:  # not listening yet, or no answer in time
+                pass
+            tick += period
+
+    def passed(self, timeout: float = 60) -> float:
+        """Seconds from the launch to the probe that passed."""
+        self._thread.join(timeout)
+        if self.passed_at is None:
+            log = self.target.log_path.read_text()[-3000:]
+            raise RuntimeError(f"the startup probe never passed:\n{log}")
+        return self.passed_at - self.target.launched_at
 
 
 def gunicorn(app: str | None = None) -> list[str]:

@@ -162,8 +162,9 @@ def deploy_service(
         f"run deploy {service} {_where(project)} --image={image}"
         f" --service-account={project.account(account)} --port={PORT} --memory={size.memory}"
         f" --cpu={size.cpu} --concurrency={size.concurrency} --cpu-boost"
-        f" --startup-probe=httpGet.path={probe},httpGet.port={PORT},periodSeconds=1,"
-        f"timeoutSeconds=1,failureThreshold={TIMING.startup_s} --min-instances=0"
+        f" --startup-probe=httpGet.path={probe},httpGet.port={PORT},periodSeconds={TIMING.probe_s},"
+        f"timeoutSeconds={TIMING.probe_s},failureThreshold={TIMING.startup_probes}"
+        " --min-instances=0"
         f" --max-instances={spec.MAX_INSTANCES} --labels={labels} {extra} {flags} --quiet",
         substitutions_flag(env, "--set-env-vars"),
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +17,7 @@ from backend.registry import ModelRegistry
 from backend.services import services
 from backend.settings import Settings
 from runtime.settings import SessionSettings
+from runtime.timing import TIMING, TimingBudget
 from tests import imagegen
 from tests.imagegen import png_header_claiming
 from tests.upstream import SECRET_BODY, upstream_server
@@ -590,30 +593,107 @@ def test_listed_models_behind_the_gateway(bundles_dir):
     assert "its own service" in error["message"]
 
 
-def test_ready_is_503_until_every_model_is_loaded(bundles_dir, monkeypatch):
-    import threading
-
+def _held_load(bundles_dir, monkeypatch, then=None):
+    """An app loading in the background whose second model opens only once `release` is set
+    (then `then()` runs in its place if given: a load that fails there)."""
     release = threading.Event()
     real_open = ModelRegistry._open
 
     def held_open(self, model_id, **kwargs):
         if model_id == "mobilenet_v3_large":
             assert release.wait(30)
+            if then is not None:
+                then()
         return real_open(self, model_id, **kwargs)
 
     monkeypatch.setattr(ModelRegistry, "_open", held_open)
     app = create_app(_settings(bundles_dir, background_load=True))
+    return app, release
+
+
+def _timed_get(client, path: str):
+    began = time.monotonic()
+    response = client.get(path)
+    return response, time.monotonic() - began
+
+
+def test_ready_is_503_until_every_model_is_loaded(bundles_dir, monkeypatch):
+    app, release = _held_load(bundles_dir, monkeypatch)
     client = app.test_client()
     models = services(app).models
     try:
         assert client.get("/health").status_code == 200
-        error = assert_error(client.get("/ready"), 503, "not_ready")
+        response, took = _timed_get(client, "/ready")
+        error = assert_error(response, 503, "not_ready")
         assert "of 2 ready" in error["message"]
+        # Held for the load, then answered within the startup probe's timeout.
+        assert TIMING.ready_hold_s - 0.01 <= took < TIMING.probe_s, took
         assert_error(upload(client, encode(photo(), "PNG")), 503, "not_ready")
     finally:
         release.set()
     assert models.wait_ready(60)
     assert client.get("/ready").status_code == 200
+
+
+@pytest.fixture
+def long_hold(monkeypatch):
+    """/ready holds up to 30 s: what ends a hold is then the load, never the hold's end."""
+    budget = TimingBudget(probe_s=30)
+    monkeypatch.setattr("backend.routes.TIMING", budget)
+    return budget.ready_hold_s
+
+
+def _ready_in_background(client) -> dict:
+    answer: dict = {}
+
+    def get() -> None:
+        answer["response"], answer["took"] = _timed_get(client, "/ready")
+
+    answer["thread"] = threading.Thread(target=get)
+    answer["thread"].start()
+    time.sleep(0.2)  # the request is held by now
+    return answer
+
+
+def test_a_ready_request_held_during_the_load_answers_the_moment_it_ends(
+    bundles_dir, monkeypatch, long_hold
+):
+    app, release = _held_load(bundles_dir, monkeypatch)
+    answer = _ready_in_background(app.test_client())
+    assert answer["thread"].is_alive()  # held, not answered 503 at once
+    release.set()
+    answer["thread"].join(60)
+    assert answer["response"].status_code == 200
+    assert answer["took"] < long_hold / 2, answer["took"]
+
+
+def test_a_ready_request_held_when_the_load_fails_is_told_at_once(
+    bundles_dir, monkeypatch, long_hold
+):
+    def fail() -> None:
+        raise KeyError("a bug nobody planned for")
+
+    app, release = _held_load(bundles_dir, monkeypatch, then=fail)
+    answer = _ready_in_background(app.test_client())
+    release.set()
+    answer["thread"].join(60)
+    error = assert_error(answer["response"], 503, "not_ready")
+    assert "loading failed" in error["message"] and "nobody planned" in error["message"]
+    assert answer["took"] < long_hold / 2, answer["took"]
+
+
+def test_a_ready_request_held_when_the_instance_stops_is_answered_at_once(
+    bundles_dir, monkeypatch, long_hold
+):
+    app, release = _held_load(bundles_dir, monkeypatch)
+    try:
+        answer = _ready_in_background(app.test_client())
+        services(app).models.stop()  # SIGTERM: the server's stop tells the registry
+        answer["thread"].join(60)
+        assert_error(answer["response"], 503, "not_ready")
+        assert answer["took"] < long_hold / 2, answer["took"]
+    finally:
+        release.set()
 
 
 def test_a_failed_background_load_is_reported_not_hidden(bundles_dir, monkeypatch):
@@ -626,8 +706,6 @@ def test_a_failed_background_load_is_reported_not_hidden(bundles_dir, monkeypatc
     for _ in range(100):
         if models.failure:
             break
-        import time
-
         time.sleep(0.05)
     error = assert_error(app.test_client().get("/ready"), 503)
     assert "loading failed" in error["message"] and "nobody planned" in error["message"]

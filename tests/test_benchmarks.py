@@ -39,6 +39,9 @@ def test_quick_benchmark_measures_every_variant_and_writes_results(tmp_path):
                  "digest_data resnet18", "load", "first_request"):  # fmt: skip
         assert 0 <= backend[name]["start"] <= backend[name]["end"] <= warm["baked"]["total_s"]
     assert backend["first_request"]["start"] >= backend["digest_data resnet18"]["end"]
+    # Cloud Run's startup probe, simulated beside the client: it passes once the load ended
+    assert backend["startup probe passed"]["start"] >= backend["load"]["end"]
+    assert warm["baked"]["phases_s"]["probe_after_load"] >= 0
     floor = [s["phase"] for s in warm["ort_floor"]["trace"]]
     assert floor == ["interpreter", "import", "open", "decode", "forward"]
     assert "baked: phases of the run of median total" in result.stdout
