@@ -18,7 +18,6 @@ why it is not spread over the modules that benefit from it:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import warnings
@@ -49,10 +48,10 @@ def bound_allocator() -> None:
     global _allocator_bounded
     if _allocator_bounded or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
-    name = ctypes.util.find_library("c")
+    # The process's own symbols, glibc's among them: not ctypes.util.find_library, whose
+    # import (subprocess, tempfile, shutil) took 6-15 ms of the start.
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
         mallopt = None
     if mallopt is None or mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
