@@ -248,6 +248,9 @@ def _start_phases(ax, name: str, variants: dict) -> None:
     for variant in ("baked", "ort_floor"):
         for span in variants.get(variant, {}).get("trace", []):
             labels.append(f"{'backend' if variant == 'baked' else 'bare ORT'}: {span['phase']}")
+            if span["end"] == span["start"]:  # a moment (the startup probe passed): a mark
+                ax.plot(span["start"], len(labels) - 1, "D", color=colours[variant])
+                continue
             ax.barh(len(labels) - 1, span["end"] - span["start"], left=span["start"],
                     color=colours[variant])  # fmt: skip
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
