@@ -11,8 +11,13 @@ why it is not spread over the modules that benefit from it:
 - glibc's allocator: a fixed threshold above which allocations are their own mmap. By default
   glibc raises that threshold to the size of every large block freed (up to 32 MB), so after
   ONNX Runtime has transformed the weights at load, freed blocks of several MB stay in the
-  heap for good (benchmarks/RESULTS.md, "Session settings", has the figures). Set glibc's own
-  `MALLOC_MMAP_THRESHOLD_` in the environment to choose another value.
+  heap for good. Serving, the threshold is 128 KiB. While the sessions open it is 4 MiB: the
+  layout transforms allocate and free blocks of up to a few MB by the thousand, and each one
+  a mapping of its own made every opening a third slower; once they are open the threshold
+  goes back to 128 KiB and the heap's free pages are given back (`malloc_trim`), so the
+  instance holds about what it held before (benchmarks/RESULTS.md, "Cold start" and "Session
+  settings", have the figures). Set glibc's own `MALLOC_MMAP_THRESHOLD_` in the environment
+  to choose another value.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from runtime.session import ERRORS_ONLY
 
 log = logging.getLogger(__name__)
 
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial default, made fixed
+MMAP_THRESHOLD_BYTES = 128 * 1024  # serving: glibc's initial default, made fixed
+LOADING_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024  # while the sessions open
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
-_allocator_bounded = False
+_libc: ctypes.CDLL | None = None
+_libc_looked_up = False
 
 
 def configure_process(log_level: str) -> None:
@@ -40,20 +47,42 @@ def configure_process(log_level: str) -> None:
     configure_logging(log_level)
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     ort.set_default_logger_severity(ERRORS_ONLY)
-    bound_allocator()
+    allocator_for_loading()
 
 
-def bound_allocator() -> None:
-    """Fix glibc's mmap threshold (see above), once; a no-op where there is no glibc."""
-    global _allocator_bounded
-    if _allocator_bounded or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    # The process's own symbols, glibc's among them: not ctypes.util.find_library, whose
-    # import (subprocess, tempfile, shutil) took 6-15 ms of the start.
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
-        mallopt = None
-    if mallopt is None or mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
-        log.info("allocator left as it is (no glibc mallopt)", extra={"event": "allocator"})
-    _allocator_bounded = True
+def allocator_for_loading() -> None:
+    """glibc's mmap threshold fixed at LOADING_MMAP_THRESHOLD_BYTES, for the sessions to open."""
+    _fix_mmap_threshold(LOADING_MMAP_THRESHOLD_BYTES)
+
+
+def allocator_for_serving() -> None:
+    """glibc's mmap threshold fixed at MMAP_THRESHOLD_BYTES, the heap's free pages given back:
+    once every session is open."""
+    libc = _glibc()
+    if _fix_mmap_threshold(MMAP_THRESHOLD_BYTES) and libc is not None:
+        libc.malloc_trim(0)
+
+
+def _fix_mmap_threshold(size: int) -> bool:
+    """Whether glibc's threshold is now `size`; not where the environment chose one, nor
+    without glibc (each a no-op)."""
+    libc = _glibc()
+    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    return libc.mallopt(_M_MMAP_THRESHOLD, size) == 1
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library if it is glibc (it has mallopt and malloc_trim), else None, said once."""
+    global _libc, _libc_looked_up
+    if not _libc_looked_up:
+        _libc_looked_up = True
+        # The process's own symbols, glibc's among them: not ctypes.util.find_library, whose
+        # import (subprocess, tempfile, shutil) took 6-15 ms of the start.
+        try:
+            libc = ctypes.CDLL(None)
+            libc.mallopt, libc.malloc_trim  # noqa: B018  # musl has neither
+            _libc = libc
+        except (OSError, AttributeError):
+            log.info("allocator left as it is (no glibc mallopt)", extra={"event": "allocator"})
+    return _libc

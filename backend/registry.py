@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from backend.errors import NotReady, UnknownModel
 from backend.forwards import Forwards
+from backend.process import allocator_for_serving
 from backend.settings import Settings
 from backend.start_trace import log_phase, phase, since_start
 from runtime.bundle import (
@@ -207,6 +208,7 @@ class ModelRegistry:
         if len(self._sessions) < len(self.ids):
             log.info("loading stopped", extra={"event": "loading_stopped"})
             return
+        allocator_for_serving()  # the openings are done with their large blocks (process.py)
         log_phase("load", began, models=len(self.ids))
         if not self.settings.background_load:  # nothing is served before this returns
             self._check_references(quiet_s=0.0)

@@ -96,8 +96,8 @@ _MEASURE = """
 import re, sys
 sys.path.insert(0, {root!r})
 from backend.imaging import ImagePolicy, decode_image
-from backend.process import bound_allocator
-bound_allocator()  # as the serving process does
+from backend.process import allocator_for_serving
+allocator_for_serving()  # as the serving process does
 data = open(sys.argv[1], "rb").read()
 policy = ImagePolicy(max_decode_cpu_s=1e9)
 def status(key):

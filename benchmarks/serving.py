@@ -73,14 +73,18 @@ def _bare_ort(bundles_dir: Path, model_id: str, ours: bool = False):
 
     options = None
     if ours:
-        from backend.process import bound_allocator
+        from backend.process import allocator_for_loading
         from runtime.session import session_options
         from runtime.settings import SessionSettings, available_cpus
 
-        bound_allocator()
+        allocator_for_loading()
         options = session_options(SessionSettings(threads=available_cpus()))
     bundle = Bundle.read(bundles_dir / model_id, fix="-")
     session = ort.InferenceSession(str(bundle.graph), options, providers=["CPUExecutionProvider"])
+    if ours:
+        from backend.process import allocator_for_serving
+
+        allocator_for_serving()
     name = session.get_inputs()[0].name
     preprocessing = bundle.manifest.preprocessing
 

@@ -709,3 +709,23 @@ def test_a_failed_background_load_is_reported_not_hidden(bundles_dir, monkeypatc
         time.sleep(0.05)
     error = assert_error(app.test_client().get("/ready"), 503)
     assert "loading failed" in error["message"] and "nobody planned" in error["message"]
+
+
+def test_the_allocator_is_set_for_serving_once_every_session_is_open(bundles_dir, monkeypatch):
+    """The openings run with the loading threshold; serving with the serving one
+    (backend/process.py): the switch comes after the last opening, before ready."""
+    seen, registry = [], []
+    real_open = ModelRegistry._open
+
+    def noting_open(self, model_id, **kwargs):
+        registry[:] = [self]
+        seen.append(("open", model_id))
+        return real_open(self, model_id, **kwargs)
+
+    monkeypatch.setattr(ModelRegistry, "_open", noting_open)
+    monkeypatch.setattr(
+        "backend.registry.allocator_for_serving",
+        lambda: seen.append(("allocator_for_serving", registry[0].ready)),
+    )
+    create_app(_settings(bundles_dir))
+    assert seen == [("open", m) for m in MODELS] + [("allocator_for_serving", False)]

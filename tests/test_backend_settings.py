@@ -76,13 +76,15 @@ def test_trace_fields():
     assert "logging.googleapis.com/spanId" not in trace_fields("abc/²;o=1", "p")
 
 
-# Allocates a block of 4 MB after freeing one, and says whether glibc made it a mapping of its
-# own: by default glibc raises its mmap threshold to the size of a freed mapped block, so the
-# second comes from the heap (and stays there once freed); with the threshold fixed, it is
-# mapped again.
-_MAPPED_AFTER_A_FREE = """
+# What glibc does with the serving process's allocator settings (backend/process.py), in a
+# process of its own: for each block size, whether one allocated right after a block of that
+# size was freed is a mapping of its own (by default glibc raises its mmap threshold to the
+# size of a freed mapped block, so such a block comes from the heap, and stays there once
+# freed); then, blocks of the heap freed below a live one, whether the serving settings gave
+# their pages back.
+_ALLOCATOR = """
 import ctypes, sys
-from backend.process import bound_allocator
+from backend.process import allocator_for_loading, allocator_for_serving
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
@@ -92,17 +94,47 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-if sys.argv[1] == "bound":
-    bound_allocator()
-size = 4 * 1024 * 1024
-libc.free(libc.malloc(size))
-block = libc.malloc(size)
-print(libc.mallinfo2().hblkhd >= size)
+MB = 1024 * 1024
+
+def mapped_after_a_free(size):
+    libc.free(libc.malloc(size))
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(size)
+    mapped = libc.mallinfo2().hblkhd - before >= size
+    libc.free(block)
+    return mapped
+
+def anonymous_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+
+if sys.argv[1] == "loading":
+    allocator_for_loading()
+elif sys.argv[1] == "serving":
+    allocator_for_serving()
+print([mapped_after_a_free(size) for size in (1 * MB, 8 * MB)])
+allocator_for_loading()  # blocks of the heap, each between two live ones: no free() trims them
+blocks = [libc.malloc(MB) for _ in range(64)]
+for block in blocks:
+    ctypes.memset(block, 1, MB)
+for block in blocks[::2]:
+    libc.free(block)
+held = anonymous_mb()
+allocator_for_serving()
+print(held - anonymous_mb() > 16)
 """
 
 
-@pytest.mark.parametrize("allocator", ["bound", "glibc_default"])
-def test_the_serving_process_fixes_glibcs_mmap_threshold(allocator):
+@pytest.mark.parametrize(
+    "allocator, mapped",
+    [
+        ("default", [False, False]),  # glibc's own: what the fixed thresholds prevent
+        ("loading", [False, True]),  # under 4 MiB from the heap, reused; above, mapped
+        ("serving", [True, True]),  # above 128 KiB mapped, given back when freed
+    ],
+)
+def test_the_allocator_threshold_is_fixed_and_the_heap_given_back_once_loaded(allocator, mapped):
     import os
     import subprocess
     import sys
@@ -110,9 +142,9 @@ def test_the_serving_process_fixes_glibcs_mmap_threshold(allocator):
     from tests.backend_process import ROOT
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    mapped = subprocess.run(
-        [sys.executable, "-c", _MAPPED_AFTER_A_FREE, allocator],
+    lines = subprocess.run(
+        [sys.executable, "-c", _ALLOCATOR, allocator],
         cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    # glibc's default is what the bound prevents: the test sees the difference or it proves nothing
-    assert mapped == ("True" if allocator == "bound" else "False")
+    ).stdout.split("\n")  # fmt: skip
+    assert lines[0] == str(mapped)
+    assert lines[1] == "True"  # the freed heap pages given back once the sessions are open
