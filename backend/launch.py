@@ -11,7 +11,11 @@ import time
 from collections.abc import Callable
 
 from backend.app import create_app
-from backend.registry import ModelRegistry
+from backend.registry import (
+    REFERENCE_CHECK_AFTER_IDLE_S,
+    REFERENCE_CHECK_WITHIN_S,
+    ModelRegistry,
+)
 from backend.server import FrontServer, ServerLimits
 from backend.services import services
 from backend.settings import Settings
@@ -38,7 +42,7 @@ def serve(
     serving = services(app)
     step("binding the port")
     server = FrontServer(
-        _FirstAnswer(app, then=_load_the_fetcher_in_background),
+        _FirstAnswer(app, then=lambda: _load_the_fetcher_when_idle(serving.models)),
         _listening_socket(settings.port),
         threads=settings.request_threads,
         limits=ServerLimits(
@@ -57,16 +61,20 @@ def serve(
     return 0
 
 
-def _load_the_fetcher_in_background() -> None:
-    """Import the URL fetcher (requests and urllib3) on a thread of its own.
+def _load_the_fetcher_when_idle(models: ModelRegistry) -> None:
+    """Import the URL fetcher (requests and urllib3) on a thread of its own, once the forward
+    passes pause as the reference checks wait for them (at most REFERENCE_CHECK_WITHIN_S).
 
-    Its import is 0.13-0.25 s of Python. During the start it ran beside ONNX Runtime's
-    openings, which hold the GIL, and imported at ready it ran beside the first request: either
-    way the first answer waited for it (benchmarks/RESULTS.md, "Cold start", has the figures).
+    Its import is 0.08-0.25 s of Python. During the start it ran beside ONNX Runtime's
+    openings, and imported at ready it ran beside the first request: either way the first
+    answer waited for it; imported right after the first answer, it ran beside the next ones
+    (v2's other three first answers) (benchmarks/RESULTS.md, "Cold start", has the figures).
     A URL prediction that comes before this is done imports it itself.
     """
 
     def load() -> None:
+        deadline = time.monotonic() + REFERENCE_CHECK_WITHIN_S
+        models.runner.wait_idle(REFERENCE_CHECK_AFTER_IDLE_S, threading.Event(), deadline)
         with phase("imports_fetcher"):
             import backend.urlfetch  # noqa: F401
 

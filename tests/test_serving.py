@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -255,6 +256,29 @@ def test_gunicorns_master_never_imports_onnxruntime():
     probe = "import sys, backend.gunicorn_conf; print(sorted(sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert "onnxruntime" not in out.stdout and "numpy" not in out.stdout
+
+
+def test_the_url_fetcher_loads_once_the_forward_passes_pause(caplog):
+    """After the first answer the fetcher waits, as the reference checks do, for the forward
+    passes to pause: its import would otherwise run beside v2's next first answers."""
+    from types import SimpleNamespace
+
+    from backend.forwards import Forwards
+    from backend.launch import _load_the_fetcher_when_idle
+
+    runner, release = Forwards(1), threading.Event()
+    busy = runner.submit(lambda: release.wait(30))
+    caplog.set_level(logging.INFO, logger="backend.start")
+    _load_the_fetcher_when_idle(SimpleNamespace(runner=runner))
+    time.sleep(1.0)
+    loaded = [r for r in caplog.records if "imports_fetcher" in r.getMessage()]
+    assert not loaded  # a forward pass is running: not now
+    release.set()
+    busy.result(10)
+    deadline = time.monotonic() + 10
+    while not [r for r in caplog.records if "imports_fetcher" in r.getMessage()]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_the_start_imports_no_url_fetcher():
