@@ -77,9 +77,8 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
     models = None
     try:
         # What loading needs first (numpy, ONNX Runtime, Pillow); the server's modules (Flask,
-        # the routes) are imported while the digests run and the sessions open. ONNX Runtime
-        # holds the GIL for most of an opening, so this gains less than two cores would
-        # suggest (benchmarks/RESULTS.md, "Cold start", has the figures).
+        # the routes) are imported while the digests run and the sessions open (ONNX Runtime
+        # releases the GIL while it opens one: benchmarks/RESULTS.md, "Cold start").
         with phase("imports"):
             from backend.process import configure_process
             from backend.registry import ModelRegistry
