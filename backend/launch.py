@@ -65,11 +65,10 @@ def _load_the_fetcher_when_idle(models: ModelRegistry) -> None:
     """Import the URL fetcher (requests and urllib3) on a thread of its own, once the forward
     passes pause as the reference checks wait for them (at most REFERENCE_CHECK_WITHIN_S).
 
-    Its import is 0.08-0.25 s of Python. During the start it ran beside ONNX Runtime's
-    openings, and imported at ready it ran beside the first request: either way the first
-    answer waited for it; imported right after the first answer, it ran beside the next ones
-    (v2's other three first answers) (benchmarks/RESULTS.md, "Cold start", has the figures).
-    A URL prediction that comes before this is done imports it itself.
+    Its import is 0.08-0.25 s of Python. During the start it delayed the sessions' openings;
+    imported at ready, the first answer; right after the first answer, v2's next three first
+    answers (benchmarks/RESULTS.md, "Cold start", has the figures). A URL prediction that
+    comes before this is done imports it itself.
     """
 
     def load() -> None:
