@@ -89,7 +89,7 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
         next_step("reading settings")
         with phase("settings"):
             settings = replace(Settings.from_env(), background_load=True, exit_on_load_failure=True)
-            configure_process(settings.log_level)  # the allocator, before any session
+            configure_process(settings.log_level)  # logging, warnings: before any session
         next_step("checking the bundles")
         models = ModelRegistry(settings)
         models.start()  # verify and open in the loader thread, then the reference checks

@@ -65,10 +65,11 @@ def _load_the_fetcher_when_idle(models: ModelRegistry) -> None:
     """Import the URL fetcher (requests and urllib3) on a thread of its own, once the forward
     passes pause as the reference checks wait for them (at most REFERENCE_CHECK_WITHIN_S).
 
-    Its import is 0.08-0.25 s of Python. During the start it delayed the sessions' openings;
-    imported at ready, the first answer; right after the first answer, v2's next three first
-    answers (benchmarks/RESULTS.md, "Cold start", has the figures). A URL prediction that
-    comes before this is done imports it itself.
+    Its import is a tenth of a second of Python or more. During the start it delayed the
+    sessions' openings; imported at ready, the first answer; right after the first answer, v2's
+    next three first answers (benchmarks/RESULTS.md, "Cold start", has the figures). A URL
+    prediction that comes before this is done imports it itself. (The wait takes no stop: the
+    thread is a daemon, and the process ends with `os._exit`.)
     """
 
     def load() -> None:

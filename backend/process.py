@@ -1,8 +1,10 @@
 """Process-wide setup of a serving process, all of it, in one place.
 
 `configure_process` runs once per process (a gunicorn worker, or a test's app), before any
-model loads. Everything here changes state that every thread of the process shares, which is
-why it is not spread over the modules that benefit from it:
+model loads; the allocator's two settings below are applied by the registry, around its load
+(`allocator_for_loading`, `allocator_for_serving`). Everything here changes state that every
+thread of the process shares, which is why it is not spread over the modules that benefit
+from it:
 
 - logging: every logger's records go to stdout as JSON lines (backend/logs.py), at one level;
 - warnings: Pillow's `DecompressionBombWarning` becomes an error, which image intake answers
@@ -23,6 +25,7 @@ why it is not spread over the modules that benefit from it:
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import warnings
@@ -38,8 +41,6 @@ log = logging.getLogger(__name__)
 MMAP_THRESHOLD_BYTES = 128 * 1024  # serving: glibc's initial default, made fixed
 LOADING_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024  # while the sessions open
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
-_libc: ctypes.CDLL | None = None
-_libc_looked_up = False
 
 
 def configure_process(log_level: str) -> None:
@@ -47,7 +48,6 @@ def configure_process(log_level: str) -> None:
     configure_logging(log_level)
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     ort.set_default_logger_severity(ERRORS_ONLY)
-    allocator_for_loading()
 
 
 def allocator_for_loading() -> None:
@@ -72,17 +72,15 @@ def _fix_mmap_threshold(size: int) -> bool:
     return libc.mallopt(_M_MMAP_THRESHOLD, size) == 1
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     """The C library if it is glibc (it has mallopt and malloc_trim), else None, said once."""
-    global _libc, _libc_looked_up
-    if not _libc_looked_up:
-        _libc_looked_up = True
-        # The process's own symbols, glibc's among them: not ctypes.util.find_library, whose
-        # import (subprocess, tempfile, shutil) took 6-15 ms of the start.
-        try:
-            libc = ctypes.CDLL(None)
-            libc.mallopt, libc.malloc_trim  # noqa: B018  # musl has neither
-            _libc = libc
-        except (OSError, AttributeError):
-            log.info("allocator left as it is (no glibc mallopt)", extra={"event": "allocator"})
-    return _libc
+    # The process's own symbols, glibc's among them: not ctypes.util.find_library, whose
+    # import (subprocess, tempfile, shutil) took 6-15 ms of the start.
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018  # musl has neither
+    except (OSError, AttributeError):
+        log.info("allocator left as it is (no glibc mallopt)", extra={"event": "allocator"})
+        return None
+    return libc

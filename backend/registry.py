@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from backend.errors import NotReady, UnknownModel
 from backend.forwards import Forwards
-from backend.process import allocator_for_serving
+from backend.process import allocator_for_loading, allocator_for_serving
 from backend.settings import Settings
 from backend.start_trace import log_phase, phase, since_start
 from runtime.bundle import (
@@ -180,16 +180,16 @@ class ModelRegistry:
 
         What ONNX Runtime and Pillow parse (the graph, the reference image) is verified before
         it is read. The weights data, raw tensor bytes at offsets the verified graph gives, is
-        hashed on other threads (one per core, in the order the models open) while the
-        sessions open, as many at once as there are cores: ONNX Runtime releases the GIL while
-        it opens one (v2's four, on two cores: 0.39-0.43 s two at a time against 0.55-0.61 s
-        one after another). A model is served once its weights' digest matched, the instance
-        is ready once every model is.
+        hashed on other threads while the sessions open, each one per inference thread (the
+        cores by default) in the order the models open: ONNX Runtime releases the GIL while it
+        opens a session (benchmarks/RESULTS.md, "Cold start"). A model is served once its
+        weights' digest matched, the instance is ready once every model is.
         """
         start, began = time.perf_counter(), since_start()
         workers = min(len(self.ids), self.settings.session.threads)
         hashing = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
         opening = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="open")
+        allocator_for_loading()  # until every session is open (backend/process.py says why)
         try:
             data = {i: hashing.submit(self._verify, i, (GRAPH_DATA,)) for i in self.ids}
             sessions = {i: opening.submit(self._open, i) for i in self.ids}
@@ -205,10 +205,10 @@ class ModelRegistry:
         finally:
             for pool in (opening, hashing):
                 pool.shutdown(wait=False, cancel_futures=True)
+            allocator_for_serving()
         if len(self._sessions) < len(self.ids):
             log.info("loading stopped", extra={"event": "loading_stopped"})
             return
-        allocator_for_serving()  # the openings are done with their large blocks (process.py)
         log_phase("load", began, models=len(self.ids))
         if not self.settings.background_load:  # nothing is served before this returns
             self._check_references(quiet_s=0.0)

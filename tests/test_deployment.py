@@ -134,7 +134,6 @@ def test_deadlines_in_the_plan_come_from_the_timing_budget(variant):
         probe = next(f for f in command if f.startswith("--startup-probe="))
         assert f"periodSeconds={TIMING.probe_s},timeoutSeconds={TIMING.probe_s}" in probe
         assert f"failureThreshold={TIMING.startup_probes}" in probe
-        assert TIMING.startup_probes * TIMING.probe_s >= TIMING.startup_s
         if command[2].startswith("backend"):
             assert f"--timeout={TIMING.request_timeout_s}" in command
     from deployment.gateway import DEADLINE_S

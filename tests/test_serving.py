@@ -258,7 +258,7 @@ def test_gunicorns_master_never_imports_onnxruntime():
     assert "onnxruntime" not in out.stdout and "numpy" not in out.stdout
 
 
-def test_the_url_fetcher_loads_once_the_forward_passes_pause(caplog):
+def test_the_url_fetcher_loads_once_the_forward_passes_pause(caplog, monkeypatch):
     """After the first answer the fetcher waits, as the reference checks do, for the forward
     passes to pause: its import would otherwise run beside v2's next first answers."""
     from types import SimpleNamespace
@@ -266,6 +266,8 @@ def test_the_url_fetcher_loads_once_the_forward_passes_pause(caplog):
     from backend.forwards import Forwards
     from backend.launch import _load_the_fetcher_when_idle
 
+    # Only the pause can start it here: the deadline is far beyond the test's own
+    monkeypatch.setattr("backend.launch.REFERENCE_CHECK_WITHIN_S", 600.0)
     runner, release = Forwards(1), threading.Event()
     busy = runner.submit(lambda: release.wait(30))
     caplog.set_level(logging.INFO, logger="backend.start")

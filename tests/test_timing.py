@@ -17,6 +17,8 @@ def test_the_default_budget_agrees_with_itself():
     assert TIMING.graceful_stop_s < TIMING.sigterm_grace_s
     # A first request to a starting instance: the startup budget, then the longest request.
     assert TIMING.request_timeout_s >= TIMING.startup_s + TIMING.longest_request_s
+    # /ready holds a probe's request, and answers before the probe stops waiting for it
+    assert 0 < TIMING.ready_hold_s < TIMING.probe_s
 
 
 def test_every_part_takes_its_deadlines_from_the_budget():
@@ -42,6 +44,7 @@ def test_a_request_waiting_for_pixels_at_sigterm_ends_within_the_graceful_stop()
         ({"fetch_s": 0.0, "compute_s": 9.0}, "no time to wait"),
         ({"sigterm_grace_s": 1}, "no graceful stop"),
         ({"startup_s": 4000}, "startup_s=4000"),
+        ({"probe_s": 0}, "probe_s=0"),
     ],
 )
 def test_a_budget_whose_deadlines_disagree_is_refused(change, complaint):
