@@ -58,9 +58,8 @@ def allocator_for_loading() -> None:
 def allocator_for_serving() -> None:
     """glibc's mmap threshold fixed at MMAP_THRESHOLD_BYTES, the heap's free pages given back:
     once every session is open."""
-    libc = _glibc()
-    if _fix_mmap_threshold(MMAP_THRESHOLD_BYTES) and libc is not None:
-        libc.malloc_trim(0)
+    if _fix_mmap_threshold(MMAP_THRESHOLD_BYTES):  # so glibc is there
+        _glibc().malloc_trim(0)
 
 
 def _fix_mmap_threshold(size: int) -> bool:

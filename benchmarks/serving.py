@@ -73,7 +73,7 @@ def _bare_ort(bundles_dir: Path, model_id: str, ours: bool = False):
 
     options = None
     if ours:
-        from backend.process import allocator_for_loading
+        from backend.process import allocator_for_loading, allocator_for_serving
         from runtime.session import session_options
         from runtime.settings import SessionSettings, available_cpus
 
@@ -82,8 +82,6 @@ def _bare_ort(bundles_dir: Path, model_id: str, ours: bool = False):
     bundle = Bundle.read(bundles_dir / model_id, fix="-")
     session = ort.InferenceSession(str(bundle.graph), options, providers=["CPUExecutionProvider"])
     if ours:
-        from backend.process import allocator_for_serving
-
         allocator_for_serving()
     name = session.get_inputs()[0].name
     preprocessing = bundle.manifest.preprocessing

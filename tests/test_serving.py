@@ -272,13 +272,16 @@ def test_the_url_fetcher_loads_once_the_forward_passes_pause(caplog, monkeypatch
     busy = runner.submit(lambda: release.wait(30))
     caplog.set_level(logging.INFO, logger="backend.start")
     _load_the_fetcher_when_idle(SimpleNamespace(runner=runner))
+
+    def loaded() -> bool:
+        return any("imports_fetcher" in record.getMessage() for record in caplog.records)
+
     time.sleep(1.0)
-    loaded = [r for r in caplog.records if "imports_fetcher" in r.getMessage()]
-    assert not loaded  # a forward pass is running: not now
+    assert not loaded()  # a forward pass is running: not now
     release.set()
     busy.result(10)
     deadline = time.monotonic() + 10
-    while not [r for r in caplog.records if "imports_fetcher" in r.getMessage()]:
+    while not loaded():
         assert time.monotonic() < deadline
         time.sleep(0.05)
 
