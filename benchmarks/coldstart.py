@@ -18,6 +18,7 @@ one timeline from the launch, for the run of median total, beside the floors' ow
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,8 +118,11 @@ def download(weights_dir: Path, ids: list[str], work: Path) -> dict:
     server = FileServer(weights_dir)
     files = weight_files(weights_dir, ids)
     spec = ",".join(f"{architecture(i)}={server.url}/{files[i].name}" for i in ids)
+    hub = Path(tempfile.mkdtemp(prefix="hub-", dir=work))  # new and empty: this start downloads
     target = launch(
-        gunicorn("benchmarks.assignment_app:app"), {"BENCH_MODELS": spec}, work / "download.log"
+        gunicorn("benchmarks.assignment_app:app"),
+        {"BENCH_MODELS": spec, "BENCH_HUB_DIR": str(hub)},
+        work / "download.log",
     )
     try:
         done = first_prediction(target, test_image(), architecture(ids[0]))
@@ -126,6 +130,7 @@ def download(weights_dir: Path, ids: list[str], work: Path) -> dict:
     finally:
         target.stop()
         server.close()
+        shutil.rmtree(hub)
     imported = next(e for e in events if e.get("event") == "imported")
     ready = next(e for e in events if e.get("event") == "ready")
     loads = [e for e in events if e.get("event") == "model_loaded"]

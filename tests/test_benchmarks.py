@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,14 +15,18 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_benchmark_measures_every_variant_and_writes_results(tmp_path):
+    scratch = tmp_path / "tmp"  # the benchmark's temporary files: none outlives the run
+    scratch.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick",
          "--only", "export,coldstart,serving,knobs,allocator,layout",
          "--out", str(tmp_path / "out"), "--weights-dir", str(tmp_path / "weights"),
          "--bundles-dir", str(tmp_path / "bundles")],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert list(scratch.iterdir()) == []
     assert "baked/torch floor =" in result.stdout
     assert (
         "p50 /predict / bare torch =" in result.stdout and "/ bare onnxruntime =" in result.stdout
