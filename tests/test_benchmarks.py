@@ -26,7 +26,8 @@ def test_quick_benchmark_measures_every_variant_and_writes_results(tmp_path):
         env={**os.environ, "TMPDIR": str(scratch)},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert list(scratch.iterdir()) == []
+    # Nothing but ONNX Runtime's own session id (51 bytes, one per temporary directory)
+    assert [p.name for p in scratch.iterdir()] in ([], [".ses"])
     assert "baked/torch floor =" in result.stdout
     assert (
         "p50 /predict / bare torch =" in result.stdout and "/ bare onnxruntime =" in result.stdout
