@@ -6,7 +6,7 @@ request gets (the assignment's `PUT /model/<id>` bug is impossible by constructi
 Start, in order: before the worker serves, cheap checks (the index, every bundle's manifest,
 every file present with its size, demo weights allowed or not); then, in a loader thread, for
 each bundle its graph and reference image verified and one ONNX Runtime session opened, while
-other threads hash the weights data (BLAKE3 releases the GIL). /ready says 200 once every
+other threads hash the weights data (XXH3 releases the GIL). /ready says 200 once every
 session is open and every digest matched: no answer is ever computed from a byte not verified.
 Each model answers its reference image as the build verified it (the reference check): an int8
 model before it is served (its kernels differ by CPU: with or without VNNI), an fp32 model once
@@ -407,7 +407,7 @@ class ModelRegistry:
             "reference_checked": model_id in self._reference_checked,
             "compiled": {
                 "format": "onnx",
-                "graph_blake3": manifest.artifacts[GRAPH].blake3,
+                "graph_xxh3_128": manifest.artifacts[GRAPH].xxh3_128,
                 "versions": manifest.versions,
                 "verification": manifest.verification,
             },

@@ -38,8 +38,8 @@ from runtime.bundle import (
     Manifest,
     Reference,
     Source,
-    blake3_of,
     fix_command,
+    xxh3_of,
 )
 from runtime.files import write_atomically
 from runtime.session import ModelSession, top_classes
@@ -164,7 +164,7 @@ def _build(
         manifest = replace(
             draft,
             artifacts={
-                name: Artifact(blake3_of(staging / name), (staging / name).stat().st_size)
+                name: Artifact(xxh3_of(staging / name), (staging / name).stat().st_size)
                 for name in (GRAPH, GRAPH_DATA, REFERENCE_IMAGE)
             },
             verification=checked.to_dict(),

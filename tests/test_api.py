@@ -117,7 +117,7 @@ def test_model_metadata(client, weights_origin):
     assert facts["parameters"] == 11689512 and facts["imagenet_acc1"] == 69.758
     assert facts["input_size"] == 224 and facts["untrained"] is False
     compiled = facts["compiled"]
-    assert compiled["format"] == "onnx" and len(compiled["graph_blake3"]) == 64
+    assert compiled["format"] == "onnx" and len(compiled["graph_xxh3_128"]) == 32
     assert compiled["versions"]["onnxruntime"] and compiled["versions"]["torch"]
     assert 0 <= compiled["verification"]["worst_probability_difference"] <= 1e-4
 

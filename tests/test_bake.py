@@ -29,7 +29,7 @@ from runtime.bundle import (
     REFERENCE_IMAGE,
     Bundle,
     BundleIndex,
-    blake3_of,
+    xxh3_of,
 )
 from runtime.session import ModelSession
 from runtime.settings import SessionSettings
@@ -56,7 +56,7 @@ def test_a_bundle_holds_the_graph_its_weights_and_a_full_manifest(bundles_dir, b
     fetched = read_lock(baked_dir)["resnet18"]
     assert (manifest.source.sha256, manifest.source.size) == (fetched.sha256, fetched.size)
     for name, artifact in manifest.artifacts.items():  # every file, digest and size
-        assert blake3_of(directory / name) == artifact.blake3
+        assert xxh3_of(directory / name) == artifact.xxh3_128
         assert (directory / name).stat().st_size == artifact.size
     assert set(manifest.versions) == {
         "torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "numpy", "pillow", "opset",
@@ -120,10 +120,10 @@ def test_unchanged_inputs_are_verified_and_kept(
     dest = _copies(bundles_dir, tmp_path)
     exported = _count_exports(monkeypatch)
     hashed: list[str] = []
-    real_digest = runtime.bundle.blake3_of
+    real_digest = runtime.bundle.xxh3_of
     monkeypatch.setattr(
         runtime.bundle,
-        "blake3_of",
+        "xxh3_of",
         lambda path, *a: hashed.append(path.name) or real_digest(path, *a),
     )
     said: list[str] = []
@@ -170,7 +170,7 @@ def test_new_weights_make_a_new_bundle(baked_dir, weights_origin, tmp_path, monk
     second = _manifest(dest, "resnet18")
     assert exported == ["resnet18"]
     assert second.inputs != first.inputs and second.untrained
-    assert second.artifacts[GRAPH_DATA].blake3 != first.artifacts[GRAPH_DATA].blake3
+    assert second.artifacts[GRAPH_DATA].xxh3_128 != first.artifacts[GRAPH_DATA].xxh3_128
 
 
 def test_leftovers_of_a_killed_bake_are_cleared_and_never_indexed(

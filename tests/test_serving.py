@@ -483,7 +483,7 @@ def test_start_refuses_an_altered_bundle_naming_the_file(bundles_dir, tmp_path, 
     # No network at all (unshare -n): nothing is fetched to repair anything.
     code, log = _refusal(dest, tmp_path, MODELS="resnet18")
     assert code != 0
-    assert str(data) in log and "altered" in log and "BLAKE3" in log and FIX in log
+    assert str(data) in log and "altered" in log and "XXH3-128" in log and FIX in log
     assert "reference image" not in log
     assert '"event": "ready"' not in log
     assert "Traceback" not in log.split('"event": "load_failed"')[0]
