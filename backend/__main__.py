@@ -84,12 +84,15 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
             from backend.registry import ModelRegistry
             from backend.settings import Settings, SettingsError
             from runtime.bundle import BundleError
+            from runtime.session import share_one_thread_pool
 
         refusals = (SettingsError, BundleError)  # the start's own: told in one line
         next_step("reading settings")
         with phase("settings"):
             settings = replace(Settings.from_env(), background_load=True, exit_on_load_failure=True)
             configure_process(settings.log_level)  # logging, warnings: before any session
+            if settings.session.spinning:  # the shared pool spins (runtime/session.py)
+                share_one_thread_pool(settings.session.threads)
         next_step("checking the bundles")
         models = ModelRegistry(settings)
         models.start()  # verify and open in the loader thread, then the reference checks

@@ -45,9 +45,10 @@ if fixed:  # as the serving process: one threshold while the sessions open, one 
     allocator_for_loading()
 options = None
 if ours:
-    from runtime.session import session_options
+    from runtime.session import session_options, share_one_thread_pool
     from runtime.settings import SessionSettings, available_cpus
 
+    share_one_thread_pool(available_cpus())  # as the serving process
     options = session_options(SessionSettings(threads=available_cpus()))
 start = time.time()
 sessions = [ort.InferenceSession(p, options, providers=["CPUExecutionProvider"]) for p in paths]

@@ -78,6 +78,26 @@ def test_parallel_requests_for_different_models_each_get_their_own_answer(backen
             assert got["probability"] == pytest.approx(want["probability"], abs=1e-5)
 
 
+@pytest.mark.parametrize("spinning, shared", [("1", True), ("0", False)])
+def test_the_models_share_one_pool_of_inference_threads(bundles_dir, tmp_path, spinning, shared):
+    """A second model adds no intra-op threads (runtime.session.share_one_thread_pool); a pool
+    per session (kept where spinning is off) adds INFERENCE_THREADS - 1 of them."""
+    threads = {}
+    for models in ("resnet18", "resnet18,mobilenet_v3_large"):
+        backend = start_backend(
+            bundles_dir, tmp_path / f"{models}.log",
+            MODELS=models, INFERENCE_THREADS="4", ORT_SPINNING=spinning,
+        )  # fmt: skip
+        try:
+            backend.wait_ready()
+            threads[models] = len(list(Path(f"/proc/{backend.process.pid}/task").iterdir()))
+        finally:
+            backend.stop()
+    added = threads["resnet18,mobilenet_v3_large"] - threads["resnet18"]
+    # At most the second opening thread besides a pool's; no request was made (no other thread)
+    assert added <= 1 if shared else added >= 3, threads
+
+
 def test_the_server_is_ready_once_every_model_is_open_then_checks_each_reference(
     bundles_dir, tmp_path
 ):
