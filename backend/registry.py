@@ -352,11 +352,13 @@ class ModelRegistry:
         """Model ids, the default first (the frontend's picker shows them in this order)."""
         return [self.default_id, *[i for i in self.ids if i != self.default_id]]
 
-    def get(self, model_id: str | None) -> ModelSession:
+    def get(self, model_id: str | None, wait: float = 0) -> ModelSession:
+        """The session of `model_id` (the default if None): UnknownModel at once for an id not
+        served here; NotReady if the models are not ready after waiting up to `wait` seconds."""
         model_id = model_id or self.default_id
         if model_id not in self.ids:
             raise self._unknown(model_id)
-        if not self.ready:
+        if not self.wait_ready(wait):
             raise NotReady(self.status_message())
         return self._sessions[model_id]
 

@@ -29,7 +29,8 @@ def health():
 # long poll): Cloud Run's startup probe asks once a second and waits up to a second for each
 # answer (deployment/ops.py), so held, the probe that comes during the load answers the moment
 # the instance is ready instead of the next probe, up to a second later (benchmarks/RESULTS.md,
-# "Cold start", has the figures).
+# "Cold start", has the figures). A prediction that comes during the load (a client calling
+# the instance itself, not through Cloud Run's proxy) is held the same way, and answered.
 @api.get("/ready")
 def ready():
     models = services().models
@@ -73,14 +74,16 @@ def predict_by_path(model_id: str):
 def _predict(path_model: str | None):
     serving = services()
     if path_model is not None:
-        serving.models.get(path_model)  # an unknown model in the path is a 404 before any parsing
+        # an unknown model in the path is a 404 before any parsing
+        serving.models.get(path_model, wait=TIMING.ready_hold_s)
     start = time.perf_counter()
     parsed = parse_predict_request(
         request,
         max_top_k=serving.settings.max_top_k,
         max_image_bytes=serving.settings.max_image_bytes,
     )
-    session = serving.models.get(path_model or parsed.model)  # 404 / 503 before any download
+    # 404, or 503 after the hold, before any download
+    session = serving.models.get(path_model or parsed.model, wait=TIMING.ready_hold_s)
     g.model = session.id
     timings: dict[str, float] = {"parse": _ms(start)}
 

@@ -628,7 +628,9 @@ def test_ready_is_503_until_every_model_is_loaded(bundles_dir, monkeypatch):
         assert "of 2 ready" in error["message"]
         # Held for the load (TIMING holds it under the probe's timeout: tests/test_timing.py)
         assert TIMING.ready_hold_s - 0.01 <= took < TIMING.ready_hold_s + 2, took
+        began = time.monotonic()
         assert_error(upload(client, encode(photo(), "PNG")), 503, "not_ready")
+        assert time.monotonic() - began >= TIMING.ready_hold_s - 0.01  # held as /ready is
     finally:
         release.set()
     assert models.wait_ready(60)
@@ -643,8 +645,9 @@ def long_hold(monkeypatch):
     return budget.ready_hold_s
 
 
-def _ready_in_background(app) -> dict:
-    """GET /ready on a thread of its own; returned once the request waits for the models."""
+def _ready_in_background(app, send=lambda client: client.get("/ready")) -> dict:
+    """`send` (GET /ready) on a thread of its own; returned once the request waits for the
+    models."""
     models, answer, held = services(app).models, {}, threading.Event()
     real_wait = models.wait_ready
 
@@ -654,27 +657,53 @@ def _ready_in_background(app) -> dict:
 
     models.wait_ready = noting_wait
 
-    def get() -> None:
-        answer["response"], answer["took"] = _timed_get(app.test_client(), "/ready")
+    def request() -> None:
+        began = time.monotonic()
+        answer["response"] = send(app.test_client())
+        answer["took"] = time.monotonic() - began
 
-    answer["thread"] = threading.Thread(target=get)
+    answer["thread"] = threading.Thread(target=request)
     answer["thread"].start()
     assert held.wait(30)
     time.sleep(0.05)  # into the wait itself
     return answer
 
 
-def test_a_ready_request_held_during_the_load_answers_the_moment_it_ends(
-    bundles_dir, monkeypatch, long_hold
+@pytest.mark.parametrize(
+    "send",
+    [
+        lambda client: client.get("/ready"),
+        lambda client: upload(client, encode(photo(), "PNG")),
+        lambda client: upload(client, encode(photo(), "PNG"), model="mobilenet_v3_large"),
+        lambda client: client.post(
+            "/model/resnet18/predict",
+            data={"image": (io.BytesIO(encode(photo(), "PNG")), "a.png")},
+            content_type="multipart/form-data",
+        ),
+    ],
+    ids=["ready", "predict", "predict-a-model", "predict-by-path"],
+)
+def test_a_request_held_during_the_load_answers_the_moment_it_ends(
+    bundles_dir, monkeypatch, long_hold, send
 ):
     app, release = _held_load(bundles_dir, monkeypatch)
-    answer = _ready_in_background(app)
+    answer = _ready_in_background(app, send)
     time.sleep(0.2)
     assert answer["thread"].is_alive()  # held, not answered 503 at once
     release.set()
     answer["thread"].join(60)
-    assert answer["response"].status_code == 200
+    assert answer["response"].status_code == 200, answer["response"].json
     assert answer["took"] < long_hold / 2, answer["took"]
+
+
+def test_a_model_not_served_is_told_at_once_during_the_load(bundles_dir, monkeypatch, long_hold):
+    app, release = _held_load(bundles_dir, monkeypatch)
+    try:
+        began = time.monotonic()
+        assert_error(upload(app.test_client(), encode(photo(), "PNG"), model="nope"), 404)
+        assert time.monotonic() - began < long_hold / 2
+    finally:
+        release.set()
 
 
 def test_a_ready_request_held_when_the_load_fails_is_told_at_once(
