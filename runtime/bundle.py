@@ -243,7 +243,11 @@ class BundleIndex:
     def from_json(cls, text: str) -> BundleIndex:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"index format {data.get('format')!r}, this runtime reads {FORMAT}")
+            found = data.get("format") if isinstance(data, dict) else None
+            raise ValueError(
+                f"index format {found!r}, this runtime reads {FORMAT}: made by another version "
+                "of the bake step"
+            )
         return cls(**data)
 
 
@@ -258,4 +262,7 @@ def read_index(directory: Path) -> BundleIndex:
             f"{fix_command('v1', directory)}"
         ) from None
     except (ValueError, TypeError) as exc:
-        raise BundleError(f"{path} is unreadable ({exc}); build the bundles again") from exc
+        raise BundleError(
+            f"{path} cannot be used ({exc}). Build the bundles again with: "
+            f"{fix_command('MODELS', directory)}"
+        ) from exc

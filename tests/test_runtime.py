@@ -76,6 +76,16 @@ def test_a_manifest_of_another_format_is_refused_with_the_fix(copy):
     assert FIX in str(failure.value)
 
 
+def test_an_index_of_another_format_is_refused_with_the_fix(copy):
+    path = copy / "index.json"
+    data = json.loads(path.read_text())
+    data["format"] = 2  # what the bake wrote before the digests were XXH3-128
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="index format 2, this runtime reads") as failure:
+        read_index(copy)
+    assert "python -m bake --models" in str(failure.value)
+
+
 def test_a_directory_without_an_index_says_how_to_make_one(tmp_path):
     with pytest.raises(BundleError, match="python -m bake --models v1"):
         read_index(tmp_path)
