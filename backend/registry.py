@@ -84,6 +84,9 @@ class ModelRegistry:
         self._reference_checked: set[str] = set()
         self._ready = threading.Event()
         self._settled = threading.Event()  # ready, failed or stopped: nothing left to wait for
+        # Predictions that wait for the load: half the request threads at most, so that /ready
+        # and /health always find one free (beyond it a prediction is told 503 at once).
+        self._holds = threading.BoundedSemaphore(max(1, settings.request_threads // 2))
         self._stop = threading.Event()
         self._started = False
         self.failure: str | None = None
@@ -354,11 +357,17 @@ class ModelRegistry:
 
     def get(self, model_id: str | None, wait: float = 0) -> ModelSession:
         """The session of `model_id` (the default if None): UnknownModel at once for an id not
-        served here; NotReady if the models are not ready after waiting up to `wait` seconds."""
+        served here; NotReady if the models are not ready after waiting up to `wait` seconds
+        (at once when as many requests as it allows already wait)."""
         model_id = model_id or self.default_id
         if model_id not in self.ids:
             raise self._unknown(model_id)
-        if not self.wait_ready(wait):
+        if not self.ready and wait > 0 and self._holds.acquire(blocking=False):
+            try:
+                self.wait_ready(wait)
+            finally:
+                self._holds.release()
+        if not self.ready:
             raise NotReady(self.status_message())
         return self._sessions[model_id]
 

@@ -73,19 +73,26 @@ def predict_by_path(model_id: str):
 
 def _predict(path_model: str | None):
     serving = services()
+    held_ms = 0.0  # waiting for the models to load, if it came during the load
     if path_model is not None:
+        start = time.perf_counter()
         # an unknown model in the path is a 404 before any parsing
         serving.models.get(path_model, wait=TIMING.ready_hold_s)
+        held_ms = _ms(start)
     start = time.perf_counter()
     parsed = parse_predict_request(
         request,
         max_top_k=serving.settings.max_top_k,
         max_image_bytes=serving.settings.max_image_bytes,
     )
+    timings: dict[str, float] = {"parse": _ms(start)}
+    start = time.perf_counter()
     # 404, or 503 after the hold, before any download
     session = serving.models.get(path_model or parsed.model, wait=TIMING.ready_hold_s)
+    held_ms += _ms(start)
     g.model = session.id
-    timings: dict[str, float] = {"parse": _ms(start)}
+    if held_ms >= 1:
+        timings["ready_wait"] = round(held_ms, 2)
 
     start = time.perf_counter()
     if parsed.url is not None:
