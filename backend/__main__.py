@@ -91,8 +91,7 @@ def main(before_exit: Callable[[], None] | None = None) -> None:
         with phase("settings"):
             settings = replace(Settings.from_env(), background_load=True, exit_on_load_failure=True)
             configure_process(settings.log_level)  # logging, warnings: before any session
-            if settings.session.spinning:  # the shared pool spins (runtime/session.py)
-                share_one_thread_pool(settings.session.threads)
+            share_one_thread_pool(settings.session)  # one intra-op pool for every model
         next_step("checking the bundles")
         models = ModelRegistry(settings)
         models.start()  # verify and open in the loader thread, then the reference checks

@@ -23,6 +23,7 @@ from backend.services import Services, services
 from backend.settings import Settings, SettingsError
 from backend.stopping import StopSignal
 from runtime.bundle import BundleError
+from runtime.session import share_one_thread_pool
 
 log = logging.getLogger("backend")
 
@@ -73,6 +74,7 @@ def create_production_app() -> Flask:
     """
     try:
         settings = replace(Settings.from_env(), background_load=True, exit_on_load_failure=True)
+        share_one_thread_pool(settings.session)  # in the worker, before its first session
         return create_app(settings)
     except (SettingsError, BundleError) as exc:
         configure_logging("INFO")

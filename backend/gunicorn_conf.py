@@ -1,9 +1,9 @@
 """gunicorn settings: `gunicorn --config python:backend.gunicorn_conf`.
 
 Images and Cloud Run serve with `python -m backend` (backend/server.py: slow clients hold no
-thread, every answer is JSON, the stop answers every request). This config remains for what
-still runs the app under gunicorn: the local run script and the assignment-code baseline of
-the benchmarks.
+thread, every answer is JSON, the stop answers every request), and so does the local run
+script. This config remains for the assignment-code baseline of the benchmarks and for
+whoever runs the app under gunicorn.
 
 - One worker per instance, so one copy of the models in memory; Cloud Run scales by
   adding instances. Threads (gthread) serve concurrent requests; the app bounds how many

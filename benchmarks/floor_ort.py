@@ -48,8 +48,9 @@ if ours:
     from runtime.session import session_options, share_one_thread_pool
     from runtime.settings import SessionSettings, available_cpus
 
-    share_one_thread_pool(available_cpus())  # as the serving process
-    options = session_options(SessionSettings(threads=available_cpus()))
+    settings = SessionSettings(threads=available_cpus())
+    share_one_thread_pool(settings)  # as the serving process
+    options = session_options(settings)
 start = time.time()
 sessions = [ort.InferenceSession(p, options, providers=["CPUExecutionProvider"]) for p in paths]
 marks["open_s"] = time.time() - start

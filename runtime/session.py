@@ -39,25 +39,28 @@ _LOAD_ERRORS = (
 _shared_pool_threads: int | None = None
 
 
-def share_one_thread_pool(threads: int) -> None:
+def share_one_thread_pool(settings: SessionSettings) -> bool:
     """Run the forward passes of every session this process opens from now on on one intra-op
-    pool of `threads` threads (ONNX Runtime's global pool) instead of a pool per session.
+    pool of `settings.threads` threads (ONNX Runtime's global pool) instead of a pool per
+    session; whether it does (not where `settings.spinning` is off).
 
     A session's own pool starts cold: its first forward pass paid for it (v2's four first
     forwards took 0.95-1.01 s with a pool each, 0.87-0.88 s on one pool; the next ones the
     same). One pool is also what one inference thread needs: a pool per model left threads
-    idle. The pool spins as `SessionSettings.spinning` does by default (ONNX Runtime's Python
-    API cannot turn its spinning off). Once it exists, ONNX Runtime refuses a session with a
-    pool of its own: call it once, before the process's first session (the serving process
-    does; the bake step and the tests keep a pool per session).
+    idle. The shared pool always spins (ONNX Runtime's Python API cannot turn that off), so
+    with spinning off each session keeps its own. Once it exists, ONNX Runtime refuses a
+    session with a pool of its own: call it before the process's first session (the serving
+    process does; the bake step and the tests keep a pool per session).
     """
     global _shared_pool_threads
-    if _shared_pool_threads == threads:
-        return
-    if _shared_pool_threads is not None:
+    if not settings.spinning:
+        return False
+    if _shared_pool_threads is None:
+        _ort_state.set_global_thread_pool_sizes(settings.threads, 1)
+        _shared_pool_threads = settings.threads
+    elif _shared_pool_threads != settings.threads:
         raise RuntimeError(f"this process already shares a pool of {_shared_pool_threads} threads")
-    _ort_state.set_global_thread_pool_sizes(threads, 1)
-    _shared_pool_threads = threads
+    return True
 
 
 def session_options(settings: SessionSettings) -> ort.SessionOptions:
