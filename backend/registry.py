@@ -84,9 +84,10 @@ class ModelRegistry:
         self._reference_checked: set[str] = set()
         self._ready = threading.Event()
         self._settled = threading.Event()  # ready, failed or stopped: nothing left to wait for
-        # Predictions that wait for the load: half the request threads at most, so that /ready
-        # and /health always find one free (beyond it a prediction is told 503 at once).
-        self._holds = threading.BoundedSemaphore(max(1, settings.request_threads // 2))
+        # Predictions that wait for the load: half the request threads at most (none with one
+        # thread), so that the rest are there for /ready, the startup probe, and /health;
+        # beyond it a prediction is told 503 at once.
+        self._holds = threading.BoundedSemaphore(settings.request_threads // 2)
         self._stop = threading.Event()
         self._started = False
         self.failure: str | None = None
@@ -383,6 +384,8 @@ class ModelRegistry:
     def status_message(self) -> str:
         if self.failure:
             return f"model loading failed: {self.failure}"
+        if self._stop.is_set():
+            return "the server is stopping; retry (another instance will answer)"
         return f"loading models: {self.loaded_count()} of {len(self.ids)} ready"
 
     def describe(self, model_id: str) -> dict:

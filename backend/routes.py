@@ -30,7 +30,8 @@ def health():
 # answer (deployment/ops.py), so held, the probe that comes during the load answers the moment
 # the instance is ready instead of the next probe, up to a second later (benchmarks/RESULTS.md,
 # "Cold start", has the figures). A prediction that comes during the load (a client calling
-# the instance itself, not through Cloud Run's proxy) is held the same way, and answered.
+# the instance itself, not through Cloud Run's proxy) is held the same way, and answered (in
+# at most half the request threads: ModelRegistry.get).
 @api.get("/ready")
 def ready():
     models = services().models

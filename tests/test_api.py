@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from backend.app import create_app
+from backend.errors import NotReady
 from backend.registry import ModelRegistry
 from backend.services import services
 from backend.settings import Settings
@@ -695,7 +696,7 @@ def test_a_request_held_during_the_load_answers_the_moment_it_ends(
     answer["thread"].join(60)
     assert answer["response"].status_code == 200, answer["response"].json
     assert answer["took"] < long_hold / 2, answer["took"]
-    if answer["response"].json.get("timings_ms"):  # a prediction says how long it waited
+    if answer["response"].request.path != "/ready":  # a prediction says how long it waited
         assert answer["response"].json["timings_ms"]["ready_wait"] >= 200
 
 
@@ -714,6 +715,32 @@ def test_predictions_beyond_half_the_request_threads_are_not_held(
         release.set()
     held["thread"].join(60)
     assert held["response"].status_code == 200
+
+
+def test_with_one_request_thread_no_prediction_is_held(bundles_dir, monkeypatch, long_hold):
+    """The one thread stays for /ready and /health: a prediction is told 503 at once."""
+    app, release = _held_load(bundles_dir, monkeypatch, request_threads=1)
+    try:
+        began = time.monotonic()
+        assert_error(upload(app.test_client(), encode(photo(), "PNG")), 503, "not_ready")
+        assert time.monotonic() - began < long_hold / 2
+    finally:
+        release.set()
+
+
+def test_a_hold_that_ends_unanswered_gives_its_place_back(bundles_dir, monkeypatch):
+    """With one place (two request threads), a prediction held to the end of its wait frees
+    it: the next one is held too, not told 503 at once."""
+    app, release = _held_load(bundles_dir, monkeypatch, request_threads=2)
+    models = services(app).models
+    try:
+        for _ in range(2):
+            began = time.monotonic()
+            with pytest.raises(NotReady):
+                models.get(None, wait=0.3)
+            assert time.monotonic() - began >= 0.3
+    finally:
+        release.set()
 
 
 def test_a_model_not_served_is_told_at_once_during_the_load(bundles_dir, monkeypatch, long_hold):
@@ -741,15 +768,21 @@ def test_a_ready_request_held_when_the_load_fails_is_told_at_once(
     assert answer["took"] < long_hold / 2, answer["took"]
 
 
-def test_a_ready_request_held_when_the_instance_stops_is_answered_at_once(
-    bundles_dir, monkeypatch, long_hold
+@pytest.mark.parametrize(
+    "send",
+    [lambda client: client.get("/ready"), lambda client: upload(client, encode(photo(), "PNG"))],
+    ids=["ready", "predict"],
+)
+def test_a_request_held_when_the_instance_stops_is_answered_at_once(
+    bundles_dir, monkeypatch, long_hold, send
 ):
     app, release = _held_load(bundles_dir, monkeypatch)
     try:
-        answer = _ready_in_background(app)
+        answer = _ready_in_background(app, send)
         services(app).models.stop()  # SIGTERM: the server's stop tells the registry
         answer["thread"].join(60)
-        assert_error(answer["response"], 503, "not_ready")
+        error = assert_error(answer["response"], 503, "not_ready")
+        assert "stopping" in error["message"], error
         assert answer["took"] < long_hold / 2, answer["took"]
     finally:
         release.set()
