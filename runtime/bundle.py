@@ -242,11 +242,12 @@ class BundleIndex:
     @classmethod
     def from_json(cls, text: str) -> BundleIndex:
         data = json.loads(text)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            found = data.get("format") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or "format" not in data:
+            raise ValueError("not a bundle index (no format)")
+        if data["format"] != FORMAT:
             raise ValueError(
-                f"index format {found!r}, this runtime reads {FORMAT}: made by another version "
-                "of the bake step"
+                f"index format {data['format']!r}, this runtime reads format {FORMAT}: made by "
+                "another version of the bake step"
             )
         return cls(**data)
 
@@ -264,5 +265,17 @@ def read_index(directory: Path) -> BundleIndex:
     except (ValueError, TypeError) as exc:
         raise BundleError(
             f"{path} cannot be used ({exc}). Build the bundles again with: "
-            f"{fix_command('MODELS', directory)}"
+            f"{fix_command(_models_named(path), directory)}"
         ) from exc
+
+
+def _models_named(index: Path) -> str:
+    """The models an index that cannot be used lists, for the command that rebuilds them;
+    "MODELS" if it lists none that can be read."""
+    try:
+        models = json.loads(index.read_text()).get("models")
+    except (OSError, ValueError, AttributeError):
+        return "MODELS"
+    if isinstance(models, list) and models and all(isinstance(m, str) for m in models):
+        return ",".join(models)
+    return "MODELS"

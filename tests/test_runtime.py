@@ -81,9 +81,18 @@ def test_an_index_of_another_format_is_refused_with_the_fix(copy):
     data = json.loads(path.read_text())
     data["format"] = 2  # what the bake wrote before the digests were XXH3-128
     path.write_text(json.dumps(data))
-    with pytest.raises(BundleError, match="index format 2, this runtime reads") as failure:
+    with pytest.raises(BundleError, match="index format 2, this runtime reads format") as failure:
+        read_index(copy)
+    assert f"python -m bake --models {','.join(data['models'])} " in str(failure.value)
+
+
+@pytest.mark.parametrize("text", ["[]", '{"models": ["resnet18"]}', "{"])
+def test_a_file_that_is_no_index_is_refused_with_the_fix(copy, text):
+    (copy / "index.json").write_text(text)
+    with pytest.raises(BundleError, match="cannot be used") as failure:
         read_index(copy)
     assert "python -m bake --models" in str(failure.value)
+    assert "another version" not in str(failure.value)
 
 
 def test_a_directory_without_an_index_says_how_to_make_one(tmp_path):
