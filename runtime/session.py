@@ -39,10 +39,10 @@ _LOAD_ERRORS = (
 _shared_pool_threads: int | None = None
 
 
-def share_one_thread_pool(settings: SessionSettings) -> bool:
+def share_one_thread_pool(settings: SessionSettings) -> None:
     """Run the forward passes of every session this process opens from now on on one intra-op
     pool of `settings.threads` threads (ONNX Runtime's global pool) instead of a pool per
-    session; whether it does (not where `settings.spinning` is off).
+    session; nothing where `settings.spinning` is off.
 
     A session's own pool starts cold: its first forward pass paid for it (v2's four first
     forwards took 0.95-1.01 s with a pool each, 0.87-0.88 s on one pool; the next ones the
@@ -54,13 +54,12 @@ def share_one_thread_pool(settings: SessionSettings) -> bool:
     """
     global _shared_pool_threads
     if not settings.spinning:
-        return False
+        return
     if _shared_pool_threads is None:
         _ort_state.set_global_thread_pool_sizes(settings.threads, 1)
         _shared_pool_threads = settings.threads
     elif _shared_pool_threads != settings.threads:
         raise RuntimeError(f"this process already shares a pool of {_shared_pool_threads} threads")
-    return True
 
 
 def session_options(settings: SessionSettings) -> ort.SessionOptions:
