@@ -255,8 +255,10 @@ class BundleIndex:
 def read_index(directory: Path) -> BundleIndex:
     """The index of a bundles directory; BundleError naming the fix if it has none."""
     path = Path(directory) / INDEX
+    text = ""  # what was read, for the fix's model list (nothing if not UTF-8)
     try:
-        return BundleIndex.from_json(path.read_text())
+        text = path.read_text()
+        return BundleIndex.from_json(text)
     except FileNotFoundError:
         raise BundleError(
             f"no {INDEX} in {directory}: it holds no bundles. Build them with: "
@@ -265,16 +267,16 @@ def read_index(directory: Path) -> BundleIndex:
     except (ValueError, TypeError) as exc:
         raise BundleError(
             f"{path} cannot be used ({exc}). Build the bundles again with: "
-            f"{fix_command(_models_named(path), directory)}"
+            f"{fix_command(_models_named(text), directory)}"
         ) from exc
 
 
-def _models_named(index: Path) -> str:
+def _models_named(index_text: str) -> str:
     """The models an index that cannot be used lists, for the command that rebuilds them;
     "MODELS" if it lists none that can be read."""
     try:
-        models = json.loads(index.read_text()).get("models")
-    except (OSError, ValueError, AttributeError):
+        models = json.loads(index_text).get("models")
+    except (ValueError, AttributeError):
         return "MODELS"
     if isinstance(models, list) and models and all(isinstance(m, str) for m in models):
         return ",".join(models)

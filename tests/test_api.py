@@ -703,7 +703,8 @@ def test_a_request_held_during_the_load_answers_the_moment_it_ends(
 def test_predictions_beyond_half_the_request_threads_are_not_held(
     bundles_dir, monkeypatch, long_hold
 ):
-    """Half the request threads at most wait for the load: /ready and /health find one free."""
+    """Half the request threads at most wait for the load (the rest stay for /ready and
+    /health): beyond that, a prediction is told 503 at once."""
     app, release = _held_load(bundles_dir, monkeypatch, request_threads=2)
     try:
         held = _ready_in_background(app, lambda client: upload(client, encode(photo(), "PNG")))
