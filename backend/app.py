@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import uuid
-from dataclasses import replace
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -15,15 +13,13 @@ from backend.budget import PixelBudget
 from backend.errors import ApiError, Busy
 from backend.fetch_policy import FetchPolicy
 from backend.imaging import ImagePolicy
-from backend.logs import configure_logging, request_context, trace_fields
+from backend.logs import request_context, trace_fields
 from backend.process import configure_process
-from backend.registry import WORKER_BOOT_ERROR, ModelRegistry
+from backend.registry import ModelRegistry
 from backend.routes import api
-from backend.services import Services, services
-from backend.settings import Settings, SettingsError
+from backend.services import Services
+from backend.settings import Settings
 from backend.stopping import StopSignal
-from runtime.bundle import BundleError
-from runtime.session import share_one_thread_pool
 
 log = logging.getLogger("backend")
 
@@ -64,27 +60,6 @@ def create_app(settings: Settings | None = None, models: ModelRegistry | None = 
     _register_error_handlers(app, settings)
     _register_request_logging(app, settings)
     return app
-
-
-def create_production_app() -> Flask:
-    """gunicorn's entry point: settings from the environment, models loaded after bind.
-
-    A wrong setting or a missing bundle stop the server with one clear log line: the
-    worker exits with gunicorn's boot-error code, which halts gunicorn (non-zero).
-    """
-    try:
-        settings = replace(Settings.from_env(), background_load=True, exit_on_load_failure=True)
-        share_one_thread_pool(settings.session)  # in the worker, before its first session
-        return create_app(settings)
-    except (SettingsError, BundleError) as exc:
-        configure_logging("INFO")
-        log.critical("refusing to start: %s", exc, extra={"event": "start_refused"})
-        sys.exit(WORKER_BOOT_ERROR)
-
-
-def stop_loading(app: Flask) -> None:
-    """Tell the app's model loading to end at its next step (the process is exiting)."""
-    services(app).models.stop()
 
 
 def _register_error_handlers(app: Flask, settings: Settings) -> None:

@@ -1,6 +1,6 @@
 """Process-wide setup of a serving process, all of it, in one place.
 
-`configure_process` runs once per process (a gunicorn worker, or a test's app), before any
+`configure_process` runs once per process (`python -m backend`, or a test's app), before any
 model loads; the allocator's two settings below are applied by the registry, around its load
 (`allocator_for_loading`, `allocator_for_serving`). Everything here changes state that every
 thread of the process shares, which is why it is not spread over the modules that benefit

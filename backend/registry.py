@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 
 # The files of a bundle that are parsed (by ONNX Runtime, by Pillow): verified before reading.
 PARSED = (GRAPH, REFERENCE_IMAGE)
-# gunicorn halts the whole server (and exits non-zero) when a worker exits with this code.
-WORKER_BOOT_ERROR = 3
+# The exit status of a serving process whose models failed to load, or answered their reference
+# image differently (a wrong setting or a missing bundle, found before the load: 1).
+LOAD_FAILED_EXIT = 3
 # How long the forward passes must have been idle before a reference check runs: longer than
 # the gap between a client's answer and its next request, short beside a cold start's wait.
 REFERENCE_CHECK_AFTER_IDLE_S = 0.25
@@ -176,7 +177,7 @@ class ModelRegistry:
             )
             if self.settings.exit_on_load_failure:
                 logging.shutdown()
-                os._exit(WORKER_BOOT_ERROR)
+                os._exit(LOAD_FAILED_EXIT)
 
     def _load_all(self) -> None:
         """Verify and open every bundle, side by side; serve once every digest matched; then

@@ -37,8 +37,9 @@ class Settings:
     # (a set or ids); None: the models this service serves.
     listed_models: str | None = None
     allow_untrained: bool = False  # only the local run command serves demo weights
+    # Not read from the environment: `python -m backend` sets both, tests choose.
     background_load: bool = False  # load after the server is up; /ready tells when done
-    exit_on_load_failure: bool = False  # served: a failed load stops the process (status 3)
+    exit_on_load_failure: bool = False  # a failed load ends the process (LOAD_FAILED_EXIT)
     # How ONNX Runtime runs each model: threads from the CPUs this process may use (cgroup
     # quota included); the rest as measured in benchmarks/RESULTS.md.
     session: SessionSettings = field(default_factory=_default_session)
@@ -57,7 +58,7 @@ class Settings:
     url_allow_loopback: bool = False  # tests and local development only
     url_connect_timeout_s: float = 3.0
     url_total_timeout_s: float = TIMING.fetch_s  # the whole download, redirects included
-    graceful_timeout_s: int = TIMING.graceful_stop_s  # gunicorn takes whole seconds
+    graceful_timeout_s: int = TIMING.graceful_stop_s  # whole seconds, as GRACEFUL_TIMEOUT_S
     port: int = 8080
     request_threads: int = 8  # request threads (backend/server.py), one request each
     # What a client may take to send its request (backend/server.py). The event loop reads it,
@@ -91,8 +92,6 @@ class Settings:
             default_model=reader.text("DEFAULT_MODEL", "") or None,
             listed_models=reader.text("LISTED_MODELS", "") or None,
             allow_untrained=reader.flag("ALLOW_UNTRAINED_WEIGHTS", False),
-            background_load=reader.flag("BACKGROUND_LOAD", False),
-            exit_on_load_failure=reader.flag("EXIT_ON_LOAD_FAILURE", False),
             session=SessionSettings(
                 threads=reader.integer("INFERENCE_THREADS", available_cpus(), minimum=1),
                 optimization=reader.choice(

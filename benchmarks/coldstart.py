@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import (
+    BACKEND,
     ROOT,
     FileServer,
     StartupProbe,
@@ -33,7 +34,6 @@ from benchmarks.harness import (
     drop_page_cache,
     first_prediction,
     graphs,
-    gunicorn,
     launch,
     log_time,
     median,
@@ -41,6 +41,19 @@ from benchmarks.harness import (
     weight_files,
 )
 
+# The assignment's app, served as Cloud Run's Python sample serves one (gunicorn binds $PORT).
+ASSIGNMENT = (
+    sys.executable,
+    "-m",
+    "gunicorn",
+    "--workers",
+    "1",
+    "--threads",
+    "8",
+    "--timeout",
+    "0",
+    "benchmarks.assignment_app:app",
+)
 VARIANTS = ("baked", "download", "torch_floor", "ort_floor", "ort_floor_ours")
 # The backend's sequential phases, launch to first answer (the rest overlaps inside "load").
 BACKEND_PHASES = ("interpreter", "imports", "settings", "bundles", "load")
@@ -70,7 +83,7 @@ def backend_trace(events: list[dict], launched_at: float) -> list[dict]:
 
 def baked(bundles_dir: Path, ids: list[str], work: Path, extra_env: dict | None = None) -> dict:
     target = launch(
-        gunicorn(),
+        BACKEND,
         {
             "BUNDLES_DIR": str(bundles_dir),
             "MODELS": ",".join(ids),
@@ -120,7 +133,7 @@ def download(weights_dir: Path, ids: list[str], work: Path) -> dict:
     spec = ",".join(f"{architecture(i)}={server.url}/{files[i].name}" for i in ids)
     hub = Path(tempfile.mkdtemp(prefix="hub-", dir=work))  # new and empty: this start downloads
     target = launch(
-        gunicorn("benchmarks.assignment_app:app"),
+        ASSIGNMENT,
         {"BENCH_MODELS": spec, "BENCH_HUB_DIR": str(hub)},
         work / "download.log",
     )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -139,7 +140,7 @@ class Launched:
         return int(children.split()[0]) if children.split() else self.process.pid
 
 
-def launch(command: list[str], env: dict[str, str], log_path: Path) -> Launched:
+def launch(command: Sequence[str], env: dict[str, str], log_path: Path) -> Launched:
     port = free_port()
     launched_at = time.time()
     process = subprocess.Popen(
@@ -185,11 +186,8 @@ class StartupProbe:
         return self.passed_at - self.target.launched_at
 
 
-def gunicorn(app: str | None = None) -> list[str]:
-    """Our backend as Cloud Run runs it; with `app`, that WSGI app under gunicorn instead."""
-    if app is None:
-        return [sys.executable, "-m", "backend"]
-    return [sys.executable, "-m", "gunicorn", "--config", "python:backend.gunicorn_conf", app]
+# Our backend as Cloud Run runs it (docker/backend.Dockerfile's CMD).
+BACKEND = (sys.executable, "-m", "backend")
 
 
 def poll_prediction(

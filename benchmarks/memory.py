@@ -26,8 +26,8 @@ from PIL import Image
 from benchmarks import deployed as deployed_sizes
 from benchmarks.decode_memory import as_ycck, exif_after_image_data
 from benchmarks.harness import (
+    BACKEND,
     first_prediction,
-    gunicorn,
     launch,
     model_files_mib,
     rss_mb,
@@ -186,7 +186,7 @@ def backend(
     out = {"threads": threads, "model_files_mib": model_files_mib(bundles_dir, ids), "kinds": {}}
     for kind, data in images.items():
         target = launch(
-            gunicorn(),
+            BACKEND,
             {
                 "BUNDLES_DIR": str(bundles_dir),
                 "MODELS": ",".join(ids),

@@ -22,9 +22,9 @@ import requests
 from PIL import Image
 
 from benchmarks.harness import (
+    BACKEND,
     ROOT,
     first_prediction,
-    gunicorn,
     launch,
     median,
     model_files_mib,
@@ -198,7 +198,7 @@ def backend_run(
     the end, after every measurement (what an instance settles at).
     """
     target = launch(
-        gunicorn(),
+        BACKEND,
         {
             "BUNDLES_DIR": str(bundles_dir),
             "MODELS": ",".join(ids),

@@ -1,8 +1,7 @@
 """How ONNX Runtime should run a bundle, as plain data.
 
-No onnxruntime import here, on purpose: gunicorn's master reads the backend's settings before
-it forks the worker, and a process that has imported onnxruntime hangs at exit in a forked
-child (tested: tests/test_serving.py, the refusal tests). Only runtime/session.py imports it.
+No onnxruntime import here: settings are plain data, read and checked (the backend's settings,
+the bake step) without loading ONNX Runtime. Only runtime/session.py imports it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Five figures are chosen (measured ones are in benchmarks/RESULTS.md); the rest f
     fetch_s          the whole download of an image URL, DNS and redirects included.
     compute_s        the decode (at most 0.8 s of CPU, backend/imaging.py) and one forward pass.
 
-    graceful_stop_s  gunicorn's graceful timeout: a whole second under SIGKILL.
+    graceful_stop_s  SIGTERM to the server's last answer: a whole second under SIGKILL.
     ready_hold_s     how long GET /ready holds a request while the models load, so the probe
                      that comes during the load answers the moment they are ready, not a
                      period later: under the probe's timeout by 0.2 s, so no answer is lost to

@@ -230,8 +230,8 @@ def test_backend_base_holds_verified_bundles_and_no_torch(backend_base):
     assert "resnet18 ok" in containers.run_in(backend_base, ["python", "-c", VERIFY_BUNDLES])
     listing = "import importlib.metadata as m; print('\\n'.join(d.name for d in m.distributions()))"
     names = set(containers.run_in(backend_base, ["python", "-c", listing]).lower().split())
-    assert {"onnxruntime", "flask", "gunicorn", "numpy", "pillow"} <= names
-    assert "pip" not in names  # nothing installs at run time
+    assert {"onnxruntime", "flask", "numpy", "pillow"} <= names
+    assert "pip" not in names and "gunicorn" not in names  # nothing installs; our own server
     leaked = [n for n in names if n in BUILD_ONLY_PACKAGES or n.startswith(("nvidia-", "cuda-"))]
     assert not leaked, leaked
     probe = "import importlib.util as u; print([m for m in %r if u.find_spec(m)])"
@@ -386,7 +386,7 @@ def test_backend_container_starts_and_serves_without_network(backend_base, backe
         assert answer["model"] == "resnet18"
         assert len(answer["predictions"]) == 5
 
-        # No --init, as on Cloud Run: the exec-form CMD makes gunicorn PID 1, so it gets
+        # No --init, as on Cloud Run: the exec-form CMD makes the server PID 1, so it gets
         # SIGTERM itself and exits well within Cloud Run's 10 s.
         stop_started = time.monotonic()
         containers.podman("stop", "--time", "10", name)

@@ -80,7 +80,8 @@ def test_requirements_leave_torch_to_the_torch_layer_and_serve_without_it():
     never_served = {"torch", "torchvision", "onnx", "onnxscript", "huggingface-hub", "safetensors"}
     assert not backend & never_served
     assert not gpu(backend)
-    assert {"onnxruntime", "flask", "gunicorn", "numpy", "pillow"} <= backend
+    assert {"onnxruntime", "flask", "h11", "numpy", "pillow"} <= backend
+    assert "gunicorn" not in backend  # the backend serves with its own server (backend/server.py)
     # The bake image: the exporter and its checker; torch's own dependencies come from the lock,
     # since the CPU wheels install with --no-deps from requirements-torch.txt.
     bake = requirement_names("bake")

@@ -285,14 +285,6 @@ def test_the_serving_worker_never_imports_torch_onnx_or_the_hub(bundles_dir, tmp
     )
 
 
-def test_gunicorns_master_never_imports_onnxruntime():
-    """A process that imported onnxruntime hangs at exit in a forked child: the master reads
-    the settings before forking the worker, so they must not import it."""
-    probe = "import sys, backend.gunicorn_conf; print(sorted(sys.modules))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert "onnxruntime" not in out.stdout and "numpy" not in out.stdout
-
-
 def test_the_url_fetcher_loads_once_the_forward_passes_pause(caplog, monkeypatch):
     """After the first answer the fetcher waits, as the reference checks do, for the forward
     passes to pause: its import would otherwise run beside v2's next first answers."""
