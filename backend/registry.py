@@ -3,7 +3,7 @@
 Requests only ever look models up; nothing a request does can change which model another
 request gets (the assignment's `PUT /model/<id>` bug is impossible by construction).
 
-Start, in order: before the worker serves, cheap checks (the index, every bundle's manifest,
+Start, in order: before the process serves, cheap checks (the index, every bundle's manifest,
 every file present with its size, demo weights allowed or not); then, in a loader thread, for
 each bundle its graph and reference image verified and one ONNX Runtime session opened, while
 other threads hash the weights data (XXH3 releases the GIL). /ready says 200 once every
@@ -13,7 +13,7 @@ model before it is served (its kernels differ by CPU: with or without VNNI), an 
 the instance is ready and no forward pass has run for a moment (after the first answer, in a
 cold start that a request began). A model that answers it differently ends the instance, as a
 failed load does.
-A stop request (the worker exiting on SIGTERM) is honoured between steps: the loader is not a
+A stop request (the process exiting on SIGTERM) is honoured between steps: the loader is not a
 daemon, so the interpreter waits for the step in progress instead of tearing down ONNX Runtime
 under it.
 """
@@ -158,7 +158,7 @@ class ModelRegistry:
         threading.Thread(target=self._load_in_background, name="model-loader").start()
 
     def stop(self) -> None:
-        """Make a load in progress end at its next step (the worker is exiting)."""
+        """Make a load in progress end at its next step (the process is exiting)."""
         self._stop.set()
         self._settled.set()
 

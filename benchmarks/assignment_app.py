@@ -3,10 +3,11 @@
 Like `models.resnet152(weights=...)` in the assignment's app.py: build the model (random
 initialisation), download the state dict through torch.hub's own downloader, load it. The
 download comes from a server on 127.0.0.1, a lower bound on a real download. Served by
-gunicorn, as the assignment's app was, answering POST /predict with an upload.
+gunicorn, as Cloud Run's Python sample serves an app, answering POST /predict with an upload.
 
     BENCH_MODELS="resnet152=http://127.0.0.1:PORT/f.pth,..." BENCH_HUB_DIR=/empty/dir \
-        gunicorn --workers 1 --threads 8 --timeout 0 benchmarks.assignment_app:app
+        gunicorn --workers 1 --threads 8 --timeout 0 --no-control-socket \
+        benchmarks.assignment_app:app
 
 BENCH_HUB_DIR is torch.hub's download directory: the benchmark gives each start a new empty
 one inside its own work directory, so every start downloads and nothing outlives the run (the

@@ -52,6 +52,7 @@ ASSIGNMENT = (
     "8",
     "--timeout",
     "0",
+    "--no-control-socket",  # its default path is one per user: starts side by side collide
     "benchmarks.assignment_app:app",
 )
 VARIANTS = ("baked", "download", "torch_floor", "ort_floor", "ort_floor_ours")
