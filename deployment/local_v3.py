@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.error import URLError
@@ -49,10 +49,15 @@ def _die_with_parent() -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(reserved: Collection[int] = ()) -> int:
+    """A port free now, and none of `reserved`: ports this stack was told to use, which stay
+    free until their own process binds them, so the kernel may hand them out again."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in reserved:
+            return port
 
 
 def nginx_binary() -> str:
@@ -117,11 +122,13 @@ def run_local_v3(
         **(extra_env or {}),
     }
     processes: list[subprocess.Popen] = []
+    reserved = {p for p in (port, frontend_port) if p}  # bound later, by nginx and the page
     try:
         backends: dict[str, str] = {}
         waits = []
         for model_id in ids:
-            backend_port = free_port()
+            backend_port = free_port(reserved)
+            reserved.add(backend_port)
             log = work_dir / f"backend-{model_id}.log"
             process = subprocess.Popen(
                 [sys.executable, "-m", "backend"],
@@ -137,7 +144,7 @@ def run_local_v3(
         for url, process, log in waits:
             wait_http(url, 300, process, log)
 
-        gateway_port = port or free_port()
+        gateway_port = port or free_port(reserved)
         prefix = work_dir / "nginx"
         prefix.mkdir(exist_ok=True)
         conf = prefix / "nginx.conf"

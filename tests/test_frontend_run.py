@@ -109,20 +109,30 @@ class Output:
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.lines: list[str] = []
+        self.ended = False  # the process closed its output: no line will come
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
         self._thread.start()
 
     def _read(self, process: subprocess.Popen) -> None:
-        for line in process.stdout:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
+        with process.stdout:
+            for line in process.stdout:
+                with self._changed:
+                    self.lines.append(line)
+                    self._changed.notify_all()
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
 
     def wait_for(self, text: str, timeout: float) -> None:
+        """Until a line holds `text`; fails at once, with the output, if the process ended."""
         with self._changed:
-            if not self._changed.wait_for(lambda: any(text in li for li in self.lines), timeout):
-                raise TimeoutError(f"no {text!r} after {timeout}s:\n{self.text()}")
+            self._changed.wait_for(
+                lambda: self.ended or any(text in li for li in self.lines), timeout
+            )
+            if not any(text in li for li in self.lines):
+                ended = "the process ended" if self.ended else f"{timeout}s passed"
+                raise AssertionError(f"no {text!r} ({ended}):\n{self.text()}")
 
     def text(self) -> str:
         return "".join(self.lines)
@@ -201,7 +211,7 @@ def test_v3_offline_runs_one_backend_per_model_behind_the_gateway(tmp_path):
         "--frontend-port", str(frontend_port), env={"MODELS": "small"},
     )  # fmt: skip
     with _stopped_by_ctrl_c(process, (gateway_port, frontend_port), timeout=60):
-        output.wait_for("Ctrl-C stops everything", timeout=300)
+        output.wait_for("Ctrl-C stops everything", timeout=240)  # < pytest-timeout: shows output
         gateway = f"http://127.0.0.1:{gateway_port}"
         assert requests.get(f"{gateway}/models", timeout=5).json() == [
             "resnet18",

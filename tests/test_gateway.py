@@ -140,3 +140,29 @@ def test_local_v3_leaves_no_process_behind_even_when_killed(bundles_dir, tmp_pat
         time.sleep(0.2)
     assert not port_served(port), "nginx outlived its launcher"
     assert not port_served(backend_port), "the backend outlived its launcher"
+
+
+def test_a_backend_never_gets_a_port_the_stack_was_told_to_use(monkeypatch):
+    """The gateway's and the page's ports stay free until nginx and Streamlit bind them, after
+    the backends start: the kernel may hand one out again, and a backend on it took the page's
+    port once (the page could not start)."""
+    offered = iter([40001, 40002, 40003])
+
+    class Socket:
+        def __init__(self):
+            self.port = next(offered)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            pass
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(local_v3.socket, "socket", Socket)
+    assert local_v3.free_port({40001, 40002}) == 40003
