@@ -78,10 +78,11 @@ def _allocator(bundles_dir: Path, sets: dict[str, list[str]]) -> dict:
                 [sys.executable, script, "--ours", *flags, *paths],
                 cwd=ROOT, capture_output=True, text=True, check=True,
             )  # fmt: skip
-            memory = json.loads(done.stdout.strip().splitlines()[-1])["memory_mb"]
+            marks = json.loads(done.stdout.strip().splitlines()[-1])
             out.setdefault(name, {})[variant] = {
-                **memory,
-                "rss_over_files_mib": memory["VmRSS"] - files_mib,
+                **marks["memory_mb"],
+                "rss_over_files_mib": marks["memory_mb"]["VmRSS"] - files_mib,
+                "ours_imports_mib": marks["ours_imports_mib"],
             }
     return out
 

@@ -11,8 +11,9 @@ applies the backend's allocator setting (backend/process.py). Without --image, a
 is the input (no decode phase).
 
 Prints one JSON line: each phase's end in seconds from the process's own start (as the backend
-logs its phases, backend/start_trace.py), `process_started_at` on the wall clock, and the
-process's memory after the forward passes.
+logs its phases, backend/start_trace.py), `process_started_at` on the wall clock, the
+process's memory after the forward passes, and what importing the backend's modules for
+--ours or --fixed-mmap-threshold added to it (`ours_imports_mib`: a server needs its own).
 """
 
 import json
@@ -28,17 +29,32 @@ def _since_start() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
 
 
-marks = {"interpreter": _since_start()}
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+def _memory_mib() -> dict[str, float]:
+    """The process's resident memory, from the kernel's own counters."""
+    memory = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+                memory[key] = int(value.split()[0]) / 1024
+    return memory
 
-marks["imported"] = _since_start()
+
+marks = {"interpreter": _since_start()}
 args = sys.argv[1:]
 ours = "--ours" in args
 fixed = "--fixed-mmap-threshold" in args
 image_path = args[args.index("--image") + 1] if "--image" in args else None
 paths = [a for a in args if not a.startswith("--") and a != image_path]
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+if image_path is not None:
+    from PIL import Image  # as the backend imports it: before anything opens
+
+marks["imported"] = _since_start()
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+before_ours = _memory_mib()["VmRSS"]
 if fixed:  # as the serving process: one threshold while the sessions open, one to serve
     from backend.process import allocator_for_loading, allocator_for_serving
 
@@ -51,6 +67,8 @@ if ours:
     settings = SessionSettings(threads=available_cpus())
     share_one_thread_pool(settings)  # as the serving process
     options = session_options(settings)
+# What importing the backend's modules (for its settings and allocator) adds to the process.
+marks["ours_imports_mib"] = _memory_mib()["VmRSS"] - before_ours
 start = time.time()
 sessions = [ort.InferenceSession(p, options, providers=["CPUExecutionProvider"]) for p in paths]
 marks["open_s"] = time.time() - start
@@ -59,8 +77,6 @@ if fixed:
 marks["opened"] = _since_start()
 batches = [np.zeros((1, 3, 224, 224), dtype=np.float32)] * len(paths)
 if image_path is not None:  # decode once; each model's own resize and crop
-    from PIL import Image
-
     from runtime.bundle import MANIFEST, Manifest
 
     with Image.open(image_path) as image:
@@ -76,11 +92,5 @@ for session, batch in zip(sessions, batches, strict=True):
 marks["forward_s"] = time.time() - start
 marks["done"] = _since_start()
 marks["process_started_at"] = time.time() - marks["done"]
-memory = {}
-with open("/proc/self/status") as status:
-    for line in status:
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
-            memory[key] = int(value.split()[0]) / 1024
-marks["memory_mb"] = memory
+marks["memory_mb"] = _memory_mib()
 print(json.dumps(marks), flush=True)

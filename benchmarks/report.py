@@ -168,10 +168,16 @@ def print_knobs(result: dict, model: str) -> None:
 def print_allocator(result: dict) -> None:
     print("\nallocator: bare process, our session settings (MiB of RSS over the model files)")
     rows = [
-        [name, v["glibc_default"]["rss_over_files_mib"], v["fixed_threshold"]["rss_over_files_mib"]]
+        [
+            name,
+            v["glibc_default"]["rss_over_files_mib"],
+            v["fixed_threshold"]["rss_over_files_mib"],
+            v["fixed_threshold"]["ours_imports_mib"],
+        ]
         for name, v in result.items()
     ]
-    print(table(["set", "glibc default", "fixed 128 KiB threshold"], rows))
+    header = ["set", "glibc default", "fixed 128 KiB threshold", "of it, our modules' imports"]
+    print(table(header, rows))
 
 
 def print_layout(result: dict) -> None:
