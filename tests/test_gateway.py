@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -142,15 +144,19 @@ def test_local_v3_leaves_no_process_behind_even_when_killed(bundles_dir, tmp_pat
     assert not port_served(backend_port), "the backend outlived its launcher"
 
 
-def test_a_backend_never_gets_a_port_the_stack_was_told_to_use(monkeypatch):
+@pytest.mark.slow
+def test_a_backend_never_gets_a_port_the_stack_was_told_to_use(bundles_dir, tmp_path, monkeypatch):
     """The gateway's and the page's ports stay free until nginx and Streamlit bind them, after
     the backends start: the kernel may hand one out again, and a backend on it took the page's
-    port once (the page could not start)."""
-    offered = iter([40001, 40002, 40003])
+    port once (the page could not start). Here the kernel offers the gateway's port first."""
+    gateway_port = local_v3.free_port()
+    offers = [gateway_port]
 
-    class Socket:
-        def __init__(self):
-            self.port = next(offered)
+    class Offered:
+        """A bind to port 0 that the kernel answered with `port`."""
+
+        def __init__(self, port: int) -> None:
+            self.port = port
 
         def __enter__(self):
             return self
@@ -164,5 +170,15 @@ def test_a_backend_never_gets_a_port_the_stack_was_told_to_use(monkeypatch):
         def getsockname(self):
             return ("127.0.0.1", self.port)
 
-    monkeypatch.setattr(local_v3.socket, "socket", Socket)
-    assert local_v3.free_port({40001, 40002}) == 40003
+    real_socket = socket.socket
+    monkeypatch.setattr(  # local_v3's own name only: the processes and urlopen are untouched
+        local_v3,
+        "socket",
+        SimpleNamespace(socket=lambda: Offered(offers.pop()) if offers else real_socket()),
+    )
+    with local_v3.run_local_v3(
+        bundles_dir=bundles_dir, models="resnet18", work_dir=tmp_path, port=gateway_port
+    ) as stack:
+        assert not offers  # the gateway's port was offered, and refused
+        assert stack.backends["resnet18"] != f"http://127.0.0.1:{gateway_port}"
+        assert requests.get(f"{stack.gateway_url}/models", timeout=10).json() == ["resnet18"]
