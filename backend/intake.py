@@ -93,7 +93,7 @@ def _top_k(value: object, max_top_k: int) -> int:
     if isinstance(value, bool):
         raise BadRequest(f"'top_k' must be an integer from 1 to {max_top_k}")
     if isinstance(value, str) and _SMALL_INT.fullmatch(value.strip()):
-        value = int(value)
+        value = int(value.strip())  # str.strip takes characters int() does not, such as \x1f
     if not isinstance(value, int) or not 1 <= value <= max_top_k:
         raise BadRequest(f"'top_k' must be an integer from 1 to {max_top_k}")
     return value

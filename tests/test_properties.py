@@ -11,7 +11,7 @@ import ipaddress
 
 import pytest
 from flask import Flask
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from backend.errors import ApiError, UrlNotAllowed
@@ -76,6 +76,7 @@ def test_any_json_body_bytes_parse_or_are_a_4xx(body):
     model=st.text(max_size=10),
     image=st.binary(min_size=0, max_size=MAX_IMAGE_BYTES + 10),
 )
+@example(top_k="3\x1f", model="", image=b"x")  # whitespace to strip() but not to int(): was a 500
 def test_any_multipart_form_parses_or_is_a_4xx(top_k, model, image):
     data = {"top_k": top_k, "model": model, "image": (io.BytesIO(image), "x.png")}
     try:
